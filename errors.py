@@ -1,0 +1,36 @@
+"""Domain exceptions shared by every layer.
+
+They carry no HTTP knowledge: `app.py` maps each class to a status code once,
+in its exception handlers. The message is written for the API's user and is
+returned verbatim as `{"detail": message}`.
+"""
+
+from __future__ import annotations
+
+
+class FaceServiceError(Exception):
+    """Base class; `message` is safe to show to the client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidImage(FaceServiceError):
+    """The upload is not an image we can decode (corrupt, truncated, unsupported format)."""
+
+
+class ImageTooLarge(FaceServiceError):
+    """The upload exceeds the configured byte or pixel limits."""
+
+
+class NoFaceDetected(FaceServiceError):
+    """The image decoded fine but the detector found no face in it."""
+
+
+class InferenceUnavailable(FaceServiceError):
+    """Triton cannot be reached, is not ready, failed or timed out."""
+
+
+class ModelRepositoryError(FaceServiceError):
+    """A model file or repository is missing, corrupt or has an unexpected signature."""

@@ -1,0 +1,84 @@
+"""Triton Python-backend model that serves `model.onnx` with ONNX Runtime.
+
+Used only when the Triton installation has no native `onnxruntime_onnx`
+backend (the `nvidia-pytriton` wheel ships the Python backend alone).
+`triton_service.write_model_configs` copies this file to `<model>/<version>/model.py`
+next to `model.onnx`; it is generic: input and output names come from the
+model's `config.pbtxt`.
+
+All requests handed to one `execute()` call (Triton's dynamic batcher groups
+them) run as a single ONNX Runtime call per input shape, so concurrent HTTP
+requests share one batched inference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+def _parameter(config: dict[str, Any], key: str, default: str) -> str:
+    value = config.get("parameters", {}).get(key, {}).get("string_value")
+    return default if value in (None, "") else value
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        model_path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        options = ort.SessionOptions()
+        # Two cores are shared by Triton, both models and the API: one intra-op thread
+        # per instance without busy-waiting beats ONNX Runtime's default thread pool.
+        options.intra_op_num_threads = int(_parameter(config, "intra_op_threads", "1"))
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(
+            model_path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [item["name"] for item in config["input"]]
+        self.output_names = [item["name"] for item in config["output"]]
+
+    def execute(self, requests: list) -> list:
+        inputs = [
+            {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+            for request in requests
+        ]
+        responses: list = [None] * len(requests)
+        # Requests of different spatial sizes cannot share one tensor: batch per shape.
+        groups: dict[tuple, list[int]] = {}
+        for index, tensors in enumerate(inputs):
+            key = tuple(tensors[name].shape[1:] for name in self.input_names)
+            groups.setdefault(key, []).append(index)
+        for indices in groups.values():
+            try:
+                feed = {
+                    name: np.concatenate([inputs[i][name] for i in indices], axis=0)
+                    for name in self.input_names
+                }
+                outputs = self.session.run(self.output_names, feed)
+            except Exception as error:  # report to the caller instead of killing the stub
+                for i in indices:
+                    responses[i] = pb_utils.InferenceResponse(
+                        output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {error}")
+                    )
+                continue
+            start = 0
+            for i in indices:
+                size = inputs[i][self.input_names[0]].shape[0]
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor(name, np.ascontiguousarray(value[start : start + size]))
+                        for name, value in zip(self.output_names, outputs)
+                    ]
+                )
+                start += size
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None

@@ -1,0 +1,61 @@
+"""One `Settings` object read from the environment (and an optional `.env`).
+
+Build it once (`Settings()`) at the edge (the app factory, a CLI) and pass it
+down; nothing else reads `os.environ` for configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # --- Triton ---------------------------------------------------------------
+    triton_url: str | None = Field(
+        default=None,
+        description="host:port of an external Triton HTTP endpoint; unset = the local one",
+    )
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    triton_repo: Path = PROJECT_ROOT / "model_repository"
+    triton_timeout_s: float = Field(
+        default=30.0, gt=0, description="upper bound for one call to Triton, seconds"
+    )
+    triton_ready_timeout_s: float = Field(
+        default=120.0, gt=0, description="how long start-up waits for Triton's models"
+    )
+
+    # --- API ------------------------------------------------------------------
+    fastapi_port: int = 3000
+    max_upload_bytes: int = Field(
+        default=20 * 1024 * 1024, gt=0, description="per uploaded image, bytes"
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000, gt=0, description="width x height, checked before decoding"
+    )
+
+    # --- Detection and recognition -------------------------------------------
+    detector_input_size: int = Field(
+        default=640, description="long side of the main detector canvas (multiple of 32)"
+    )
+    detector_coarse_size: int = Field(
+        default=128,
+        description="canvas of the second, coarse pass for large/close-up faces; 0 disables",
+    )
+    detection_threshold: float = Field(default=0.5, ge=0, le=1)
+    nms_threshold: float = Field(default=0.4, ge=0, le=1)
+    max_faces: int = Field(default=100, gt=0, description="faces returned per image")
+    similarity_threshold: float = Field(
+        default=0.28,
+        ge=-1,
+        le=1,
+        description="cosine at or above which two faces are called the same person",
+    )
