@@ -46,9 +46,10 @@ class Settings(BaseSettings):
     detector_input_size: int = Field(
         default=640, description="long side of the main detector canvas (multiple of 32)"
     )
-    detector_coarse_size: int = Field(
-        default=128,
-        description="canvas of the second, coarse pass for large/close-up faces; 0 disables",
+    detector_fallback_sizes: list[int] = Field(
+        default=[128],
+        description="canvases tried when the main pass finds no face (large or close-up faces); "
+        "JSON list, [] disables",
     )
     detection_threshold: float = Field(default=0.5, ge=0, le=1)
     nms_threshold: float = Field(default=0.4, ge=0, le=1)

@@ -1,0 +1,278 @@
+"""HTTP API: validation, response schemas and error mapping, nothing else.
+
+Run: `uvicorn app:create_app --factory --port 3000` (Docker/start.sh does this).
+Every inference goes through `pipeline.FacePipeline` to Triton.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from errors import ImageTooLarge, InferenceUnavailable, InvalidImage, ModelRepositoryError, NoFaceDetected
+from imaging import decode_image
+from pipeline import Detections, FacePipeline, cosine_similarity
+from settings import Settings
+from triton_service import DETECTOR, RECOGNIZER, TritonClient
+
+log = logging.getLogger("frtriton")
+
+ERROR_STATUS: dict[type[Exception], int] = {
+    InvalidImage: 400,
+    ImageTooLarge: 413,
+    NoFaceDetected: 422,
+    InferenceUnavailable: 503,
+    ModelRepositoryError: 503,
+}
+RETRY_AFTER_S = "5"
+MAX_IMAGES_PER_REQUEST = 2
+MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and part headers around the files
+
+
+# --------------------------------------------------------------------------- schemas
+class Error(BaseModel):
+    detail: str = Field(examples=["no face was detected in the image"])
+
+
+class Face(BaseModel):
+    bbox: list[float] = Field(description="x1, y1, x2, y2 in image pixels", examples=[[152.1, 96.4, 261.0, 240.3]])
+    score: float = Field(description="detector confidence in [0, 1]", examples=[0.87])
+    landmarks: list[list[float]] = Field(
+        description="left eye, right eye, nose tip, left and right mouth corners as [x, y]",
+        examples=[[[180.2, 152.0], [230.5, 150.9], [206.1, 181.7], [185.7, 207.2], [227.3, 206.0]]],
+    )
+
+
+class DetectResponse(BaseModel):
+    width: int = Field(examples=[640])
+    height: int = Field(examples=[480])
+    faces: list[Face]
+
+
+class EmbeddingResponse(BaseModel):
+    embedding: list[float] = Field(description="L2-normalised face embedding (512 floats)")
+    face: Face
+
+
+class SimilarityResponse(BaseModel):
+    similarity: float = Field(description="raw cosine similarity in [-1, 1]", examples=[0.63])
+    same_person: bool = Field(examples=[True])
+    threshold: float = Field(description="similarity >= threshold means the same person", examples=[0.28])
+    face_a: Face
+    face_b: Face
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Ready(BaseModel):
+    status: str = Field(examples=["ready"])
+    models: list[str] = Field(examples=[[DETECTOR, RECOGNIZER]])
+
+
+ERROR_RESPONSES = {
+    400: {"model": Error, "description": "not a decodable image"},
+    413: {"model": Error, "description": "upload above the byte or pixel limit"},
+    422: {"description": "no face found, or a field missing or invalid"},
+    503: {"model": Error, "description": "Triton unavailable or timed out (see Retry-After)"},
+}
+
+
+def faces_json(found: Detections) -> list[Face]:
+    return [
+        Face(
+            bbox=[round(float(v), 2) for v in box],
+            score=round(float(score), 4),
+            landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in points],
+        )
+        for box, score, points in zip(found.boxes, found.scores, found.landmarks)
+    ]
+
+
+# --------------------------------------------------------------------------- request-size guard
+class BodySizeLimit:
+    """Refuse request bodies above `max_bytes` before they are read into memory.
+
+    A declared Content-Length is checked up front; a chunked body is counted as it
+    streams and cut off with 413 as soon as it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse({"detail": self._message()}, status_code=413)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(status_code=413, detail=self._message())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return f"request body larger than {self.max_bytes} bytes"
+
+
+# --------------------------------------------------------------------------- app factory
+def triton_address(settings: Settings) -> str:
+    """host:port of Triton's HTTP endpoint (tritonclient wants no scheme)."""
+    url = settings.triton_url or f"127.0.0.1:{settings.triton_http_port}"
+    return url.removeprefix("http://").rstrip("/")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = TritonClient(triton_address(settings), settings.triton_timeout_s)
+        await client.open()
+        app.state.triton = client
+        app.state.pipeline = FacePipeline(client, settings)
+        try:
+            yield
+        finally:
+            await client.close()
+
+    app = FastAPI(
+        title="FR Triton",
+        version="1.0.0",
+        description=(
+            "Face detection (SCRFD), embedding (ArcFace) and comparison; every model runs on "
+            "NVIDIA Triton Inference Server. Upload images as multipart form fields."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(
+        BodySizeLimit, max_bytes=MAX_IMAGES_PER_REQUEST * settings.max_upload_bytes + MULTIPART_SLACK_BYTES
+    )
+    _install_error_handlers(app)
+    _install_routes(app, settings)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def domain_error(request: Request, error: Exception) -> JSONResponse:
+        status = next(code for cls, code in ERROR_STATUS.items() if isinstance(error, cls))
+        headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+        if status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, status, error)
+        return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
+
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    for cls in ERROR_STATUS:
+        app.add_exception_handler(cls, domain_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def get_pipeline(request: Request) -> FacePipeline:
+    return request.app.state.pipeline
+
+
+PipelineDep = Annotated[FacePipeline, Depends(get_pipeline)]
+
+
+async def read_image(upload: UploadFile, settings: Settings) -> np.ndarray:
+    """Bytes of one uploaded image -> (H, W, 3) RGB, limits enforced, decoded off the event loop."""
+    data = await upload.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise ImageTooLarge(f"{upload.filename or 'upload'} is larger than {settings.max_upload_bytes} bytes")
+    return await asyncio.to_thread(decode_image, data, max_pixels=settings.max_image_pixels)
+
+
+def _install_routes(app: FastAPI, settings: Settings) -> None:
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    @app.get("/health", response_model=Health, tags=["service"], summary="The API process is alive")
+    async def health() -> Health:
+        return Health(status="ok")
+
+    @app.get(
+        "/ready",
+        response_model=Ready,
+        tags=["service"],
+        summary="Triton and both models are ready",
+        responses={503: {"model": Error, "description": "not ready, with the reason"}},
+    )
+    async def ready(request: Request) -> Ready:
+        reason = await request.app.state.triton.readiness([DETECTOR, RECOGNIZER])
+        if reason is not None:
+            raise InferenceUnavailable(reason)
+        return Ready(status="ready", models=[DETECTOR, RECOGNIZER])
+
+    @app.post(
+        "/detect",
+        response_model=DetectResponse,
+        tags=["faces"],
+        summary="Find every face: box, score and five landmarks",
+        responses=ERROR_RESPONSES,
+    )
+    async def detect(pipeline: PipelineDep, image: UploadFile = File(description="JPEG, PNG, WebP, BMP…")):
+        pixels = await read_image(image, settings)
+        [found] = await pipeline.detect([pixels])
+        return DetectResponse(width=pixels.shape[1], height=pixels.shape[0], faces=faces_json(found))
+
+    @app.post(
+        "/embedding",
+        response_model=EmbeddingResponse,
+        tags=["faces"],
+        summary="Embedding of the main face (the largest face nearest the centre)",
+        responses=ERROR_RESPONSES,
+    )
+    async def embedding(pipeline: PipelineDep, image: UploadFile = File(description="photo with a face")):
+        pixels = await read_image(image, settings)
+        [(face, vector)] = await pipeline.primary_embeddings([pixels])
+        return EmbeddingResponse(embedding=[float(v) for v in vector], face=faces_json(face)[0])
+
+    @app.post(
+        "/face-similarity",
+        response_model=SimilarityResponse,
+        tags=["faces"],
+        summary="Compare the main faces of two photos",
+        responses=ERROR_RESPONSES,
+    )
+    async def face_similarity(
+        pipeline: PipelineDep,
+        image_a: UploadFile = File(description="first photo"),
+        image_b: UploadFile = File(description="second photo"),
+    ):
+        pixels = await asyncio.gather(read_image(image_a, settings), read_image(image_b, settings))
+        (face_a, vec_a), (face_b, vec_b) = await pipeline.primary_embeddings(pixels, labels=("image_a", "image_b"))
+        similarity = cosine_similarity(vec_a, vec_b)
+        return SimilarityResponse(
+            similarity=round(similarity, 6),
+            same_person=similarity >= settings.similarity_threshold,
+            threshold=settings.similarity_threshold,
+            face_a=faces_json(face_a)[0],
+            face_b=faces_json(face_b)[0],
+        )

@@ -1,0 +1,95 @@
+"""Decode untrusted uploads into RGB pixel arrays, once, with limits checked first.
+
+Pillow reads the header (format, size) without decoding pixels, so a
+30000x30000 PNG of a few hundred KB is refused before it can take gigabytes.
+EXIF orientation is applied; greyscale, palette, RGBA (composited on white),
+CMYK and 16-bit images all come out as (H, W, 3) uint8 RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from errors import ImageTooLarge, InvalidImage
+
+# MPO is how Pillow names many phone-camera JPEGs (a JPEG with an embedded preview).
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
+SINGLE_FRAME_EXEMPT = frozenset({"MPO"})  # its extra frames are previews, not animation
+WHITE = (255, 255, 255)
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from any Pillow mode."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit greyscale: Pillow's convert("L") clips at 255, so scale explicitly.
+        values = np.asarray(image).astype(np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.rint(values * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "F":
+        values = np.asarray(image)
+        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
+        grey = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        # Transparent pixels often hold black or garbage colour; show them as a white page would.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    if mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode an uploaded file.
+
+    Args:
+        data: the file's bytes.
+        max_pixels: refuse images with more than this many pixels (from the header).
+
+    Returns:
+        (H, W, 3) uint8 RGB array, EXIF orientation applied.
+
+    Raises:
+        InvalidImage: empty, unknown, unsupported, animated, truncated or corrupt file.
+        ImageTooLarge: more than `max_pixels` pixels.
+    """
+    if not data:
+        raise InvalidImage("the uploaded file is empty")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise ImageTooLarge(f"image has too many pixels ({error})") from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise InvalidImage("the uploaded file is not a decodable image") from error
+    fmt = image.format or "unknown"
+    if fmt not in ALLOWED_FORMATS:
+        raise InvalidImage(f"unsupported image format {fmt}: send JPEG, PNG, WebP, BMP, TIFF or GIF")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"image has an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    if getattr(image, "n_frames", 1) > 1 and fmt not in SINGLE_FRAME_EXEMPT:
+        raise InvalidImage(f"animated or multi-frame {fmt} images are not supported: send a single frame")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            image.load()
+            image = _apply_exif_orientation(image)
+            return np.ascontiguousarray(_to_rgb_array(image))
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise InvalidImage(f"the {fmt} image is truncated or corrupt") from error
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # malformed EXIF must not reject an otherwise fine photo
+        return image
