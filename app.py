@@ -95,7 +95,7 @@ def faces_json(found: Detections) -> list[Face]:
             score=round(float(score), 4),
             landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in points],
         )
-        for box, score, points in zip(found.boxes, found.scores, found.landmarks)
+        for box, score, points in zip(found.boxes, found.scores, found.landmarks, strict=True)
     ]
 
 
@@ -237,7 +237,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         summary="Find every face: box, score and five landmarks",
         responses=ERROR_RESPONSES,
     )
-    async def detect(pipeline: PipelineDep, image: UploadFile = File(description="JPEG, PNG, WebP, BMP…")):
+    async def detect(pipeline: PipelineDep, image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP…")]):
         pixels = await read_image(image, settings)
         [found] = await pipeline.detect([pixels])
         return DetectResponse(width=pixels.shape[1], height=pixels.shape[0], faces=faces_json(found))
@@ -249,7 +249,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         summary="Embedding of the main face (the largest face nearest the centre)",
         responses=ERROR_RESPONSES,
     )
-    async def embedding(pipeline: PipelineDep, image: UploadFile = File(description="photo with a face")):
+    async def embedding(pipeline: PipelineDep, image: Annotated[UploadFile, File(description="photo with a face")]):
         pixels = await read_image(image, settings)
         [(face, vector)] = await pipeline.primary_embeddings([pixels])
         return EmbeddingResponse(embedding=[float(v) for v in vector], face=faces_json(face)[0])
@@ -263,8 +263,8 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     )
     async def face_similarity(
         pipeline: PipelineDep,
-        image_a: UploadFile = File(description="first photo"),
-        image_b: UploadFile = File(description="second photo"),
+        image_a: Annotated[UploadFile, File(description="first photo")],
+        image_b: Annotated[UploadFile, File(description="second photo")],
     ):
         pixels = await asyncio.gather(read_image(image_a, settings), read_image(image_b, settings))
         (face_a, vec_a), (face_b, vec_b) = await pipeline.primary_embeddings(pixels, labels=("image_a", "image_b"))

