@@ -42,7 +42,7 @@ def test_extract_writes_both_models_configs_and_model_info(installed: Path) -> N
     assert detector["source_sha256"] == extract.PACKS["buffalo_sc"].models[0].sha256
     assert detector["normalisation"]["std"] == 128.0
     assert info["models"][RECOGNIZER]["normalisation"]["std"] == 127.5
-    for name, model in info["models"].items():
+    for model in info["models"].values():
         data = (installed / model["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == model["sha256"]
     assert not list(installed.rglob("*.tmp-*")) and not (installed / ".staging").exists()
