@@ -63,10 +63,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     if not data:
         raise InvalidImage("the uploaded file is empty")
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
         # Pillow's own guard (above ~179 Mpx) fires while reading the header.
-        raise ImageTooLarge(f"image has more than {max_pixels} pixels, the limit") from error
+        raise ImageTooLarge(f"image has more pixels than the limit of {max_pixels}") from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise InvalidImage("the uploaded file is not a decodable image") from error
     fmt = image.format or "unknown"

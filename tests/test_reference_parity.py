@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import package_dir, photo
+from conftest import LFW_DIR, package_dir, photo
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +53,8 @@ def reference():
 
 def sample_photos() -> list[Path]:
     photos = [photo(n) for n in ("t1.jpg", "players.jpg", "gdp.jpg", "yaoming.jpg")]
-    lfw = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "lfw-devtest"
-    for folder in ("original", "deepfunneled"):
-        files = sorted((lfw / folder).glob("*/*.jpg"))
+    for folder in ("original", "deepfunneled"):  # none when the dataset is absent
+        files = sorted((LFW_DIR / folder).glob("*/*.jpg"))
         photos += random.Random(7).sample(files, min(40, len(files)))
     return photos
 
@@ -74,5 +73,5 @@ def test_served_faces_and_embeddings_match_insightface(api: httpx.Client, refere
             served = api.post("/embedding", files={"image": (path.name, data)}).json()["embedding"]
             cosines.append(float(np.dot(served, ref_embedding)))
     assert not missed, f"faces the reference finds but the service does not: {missed}"
-    assert len(cosines) >= 80
+    assert len(cosines) >= len(sample_photos()) - 2  # the reference misses ~0.2 % of LFW faces
     assert np.median(cosines) >= 0.995 and min(cosines) >= 0.99, sorted(cosines)[:5]
