@@ -120,10 +120,11 @@ def evaluate(similarities: np.ndarray, same: np.ndarray, folds: np.ndarray | Non
 
 def query(client: httpx.Client, pair: Pair) -> tuple[float, float | None, str | None]:
     """(similarity, service threshold, no-face detail) for one pair."""
-    response = client.post(
-        "/face-similarity",
-        files={"image_a": (pair.path_a.name, pair.path_a.read_bytes()), "image_b": (pair.path_b.name, pair.path_b.read_bytes())},
-    )
+    files = {
+        "image_a": (pair.path_a.name, pair.path_a.read_bytes()),
+        "image_b": (pair.path_b.name, pair.path_b.read_bytes()),
+    }
+    response = client.post("/face-similarity", files=files)
     if response.status_code == 422 and "no face" in response.text:
         return NO_FACE_SIMILARITY, None, response.json()["detail"]
     response.raise_for_status()
@@ -177,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate(similarities, same, folds, configured)
     report["pairs_skipped_missing_files"] = len(missing)
     report["pairs_without_face"] = sum(r[2] is not None for r in results)
-    report["no_face_details"] = [f"{p.path_a.name} / {p.path_b.name}: {r[2]}" for p, r in zip(pairs, results, strict=True) if r[2]]
+    report["no_face_details"] = [
+        f"{p.path_a.name} / {p.path_b.name}: {r[2]}" for p, r in zip(pairs, results, strict=True) if r[2]
+    ]
 
     width = max(len(k) for k in report)
     for key, value in report.items():
