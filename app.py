@@ -66,7 +66,7 @@ class EmbeddingResponse(BaseModel):
 class SimilarityResponse(BaseModel):
     similarity: float = Field(description="raw cosine similarity in [-1, 1]", examples=[0.63])
     same_person: bool = Field(examples=[True])
-    threshold: float = Field(description="similarity >= threshold means the same person", examples=[0.28])
+    threshold: float = Field(description="similarity >= threshold means the same person", examples=[0.25])
     face_a: Face
     face_b: Face
 

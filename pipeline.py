@@ -8,8 +8,9 @@ run in worker threads so the event loop keeps feeding Triton's dynamic batcher.
 Algorithm (after InsightFace's SCRFD and `norm_crop`, written anew):
 letterbox onto a square canvas (aspect ratio kept, image at the top-left),
 decode SCRFD's per-stride distance outputs around anchor centres, greedy NMS,
-map back by the letterbox scale; when the main 640 canvas finds nothing, retry on
-smaller fallback canvases (SCRFD-500M misses some large, close-up faces); align the five landmarks to
+map back by the letterbox scale; a complementary pass on a small canvas adds the
+faces the main 640 canvas misses (SCRFD-500M misses some large, close-up faces)
+without touching the faces it found; align the five landmarks to
 the ArcFace 112x112 template with a least-squares similarity (Umeyama), embed,
 L2-normalise, compare by cosine.
 """
@@ -65,6 +66,9 @@ class Detections:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    def first(self, count: int) -> Detections:
+        return Detections(self.boxes[:count], self.scores[:count], self.landmarks[:count])
 
     def take(self, index: np.ndarray | Sequence[int]) -> Detections:
         index = np.asarray(index, dtype=np.int64)
@@ -251,6 +255,18 @@ def concat_detections(parts: Sequence[Detections]) -> Detections:
     )
 
 
+def add_missing_faces(base: Detections, extra: Detections, iou_threshold: float) -> Detections:
+    """`base` plus the faces of `extra` that overlap no base face by more than `iou_threshold`.
+
+    Base faces keep their boxes and landmarks; the result is sorted by score, best first.
+    """
+    if len(base) and len(extra):
+        overlaps = np.stack([box_iou(box, base.boxes).max() for box in extra.boxes])
+        extra = extra.take(np.nonzero(overlaps <= iou_threshold)[0])
+    merged = concat_detections([base, extra])
+    return merged.take(np.argsort(-merged.scores, kind="stable"))
+
+
 # --------------------------------------------------------------------------- orchestration
 def _norm(parameters: Mapping[str, str], default_mean: float, default_std: float) -> tuple[float, float]:
     return float(parameters.get("norm_mean", default_mean)), float(parameters.get("norm_std", default_std))
@@ -263,31 +279,30 @@ class FacePipeline:
         self.backend = backend
         self.settings = settings
         self.main_size = settings.detector_input_size
-        # Smaller canvases catch the large and close-up faces SCRFD misses on the main one.
-        self.fallback_sizes = tuple(dict.fromkeys(s for s in settings.detector_fallback_sizes if s != self.main_size))
-        for size in (self.main_size, *self.fallback_sizes):
+        self.extra_sizes = tuple(dict.fromkeys(s for s in settings.detector_extra_sizes if s != self.main_size))
+        for size in (self.main_size, *self.extra_sizes):
             if size <= 0 or size % CANVAS_MULTIPLE:
                 raise ValueError(f"detector canvas {size} is not a positive multiple of {CANVAS_MULTIPLE}")
 
     async def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Faces in each (H, W, 3) RGB image, best score first, at most `max_faces`.
 
-        One detector call carries the main canvases of all images; images where it finds
-        nothing get the fallback canvases, merged with one NMS.
+        One detector call per canvas size carries all images; the calls run concurrently.
+        Faces from the main canvas are kept as found; the extra canvases only add faces
+        that overlap none of them.
         """
         if not images:
             return []
-        results = await self._detect_pass(images, self.main_size)
-        missing = [i for i, found in enumerate(results) if not len(found)]
-        if missing and self.fallback_sizes:
-            retry = [images[i] for i in missing]
-            passes = await asyncio.gather(*(self._detect_pass(retry, size) for size in self.fallback_sizes))
-            for j, i in enumerate(missing):
-                results[i] = self._suppress(concat_detections([p[j] for p in passes]))
-        return [
-            Detections(clip_boxes(found.boxes, image.shape[:2]), found.scores, found.landmarks)
-            for image, found in zip(images, results, strict=True)
-        ]
+        sizes = (self.main_size, *self.extra_sizes)
+        main, *extras = await asyncio.gather(*(self._detect_pass(images, size) for size in sizes))
+        results = []
+        for i, image in enumerate(images):
+            found = main[i]
+            if extras:
+                extra = self._suppress(concat_detections([e[i] for e in extras]))
+                found = add_missing_faces(found, extra, self.settings.nms_threshold).first(self.settings.max_faces)
+            results.append(Detections(clip_boxes(found.boxes, image.shape[:2]), found.scores, found.landmarks))
+        return results
 
     async def _detect_pass(self, images: Sequence[np.ndarray], size: int) -> list[Detections]:
         binding = await self.backend.binding(DETECTOR)
@@ -309,7 +324,7 @@ class FacePipeline:
     def _suppress(self, found: Detections) -> Detections:
         if not len(found):
             return found
-        return found.take(nms(found.boxes, found.scores, self.settings.nms_threshold)[: self.settings.max_faces])
+        return found.take(nms(found.boxes, found.scores, self.settings.nms_threshold)).first(self.settings.max_faces)
 
     async def embed(self, crops: np.ndarray) -> np.ndarray:
         """(N, 112, 112, 3) aligned RGB crops -> (N, D) unit-norm float32 embeddings, one batched call."""

@@ -46,16 +46,16 @@ class Settings(BaseSettings):
     detector_input_size: int = Field(
         default=640, description="long side of the main detector canvas (multiple of 32)"
     )
-    detector_fallback_sizes: list[int] = Field(
+    detector_extra_sizes: list[int] = Field(
         default=[128],
-        description="canvases tried when the main pass finds no face (large or close-up faces); "
-        "JSON list, [] disables",
+        description="canvases of a complementary pass that adds faces the main canvas misses "
+        "(large, close-up faces); JSON list, [] disables",
     )
     detection_threshold: float = Field(default=0.5, ge=0, le=1)
     nms_threshold: float = Field(default=0.4, ge=0, le=1)
     max_faces: int = Field(default=100, gt=0, description="faces returned per image")
     similarity_threshold: float = Field(
-        default=0.28,
+        default=0.25,
         ge=-1,
         le=1,
         description="cosine at or above which two faces are called the same person",

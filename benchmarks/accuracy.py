@@ -178,13 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate(similarities, same, folds, configured)
     report["pairs_skipped_missing_files"] = len(missing)
     report["pairs_without_face"] = sum(r[2] is not None for r in results)
+    report["similarities"] = [
+        {"a": str(p.path_a.relative_to(args.root)), "b": str(p.path_b.relative_to(args.root)), "same": p.same,
+         "similarity": round(float(v), 6)}
+        for p, v in zip(pairs, similarities, strict=True)
+    ]
     report["no_face_details"] = [
         f"{p.path_a.name} / {p.path_b.name}: {r[2]}" for p, r in zip(pairs, results, strict=True) if r[2]
     ]
 
     width = max(len(k) for k in report)
     for key, value in report.items():
-        if key != "no_face_details":
+        if key not in ("no_face_details", "similarities"):
             print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ def test_detect_finds_the_six_faces_of_t1(api: httpx.Client) -> None:
 
 def test_detect_finds_a_close_up_face_the_main_canvas_misses(api: httpx.Client) -> None:
     # Tom_Hanks_54745.png is an aligned 112x112 crop; SCRFD-500M finds nothing on the
-    # 640 canvas, the fallback canvas finds it.
+    # 640 canvas, the complementary small canvas finds it.
     body = post_image(api, "/detect", photo("Tom_Hanks_54745.png").read_bytes(), "t.png").json()
     assert len(body["faces"]) == 1
 
@@ -230,7 +230,8 @@ def test_every_inference_runs_on_triton(api: httpx.Client, triton) -> None:
     data = photo("gdp.jpg").read_bytes()
     assert api.post("/face-similarity", files={"image_a": ("a", data), "image_b": ("b", data)}).status_code == 200
     after = _inference_counts(triton.url)
-    assert after["face_detector"] - before["face_detector"] == 3  # t1 + both images of the pair
+    # t1 + both images of the pair, each on the main and the small complementary canvas
+    assert after["face_detector"] - before["face_detector"] == 3 * 2
     assert after["fr_model"] - before["fr_model"] == 2  # one face per side of the pair
 
 

@@ -13,6 +13,7 @@ from pipeline import (
     ARCFACE_TEMPLATE,
     Detections,
     FacePipeline,
+    add_missing_faces,
     align_faces,
     anchor_centers,
     box_iou,
@@ -220,6 +221,28 @@ def test_clip_boxes_keeps_boxes_inside_the_image() -> None:
     np.testing.assert_array_equal(clipped, [[0, 0, 30, 100]])
 
 
+def _faces(boxes, scores) -> Detections:
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    landmarks = np.repeat(boxes[:, None, :2], 5, axis=1)  # marks where each face came from
+    return Detections(boxes, np.asarray(scores, np.float32), landmarks)
+
+
+@pytest.mark.parametrize(
+    ("base", "extra", "expected_boxes"),
+    [
+        (([], []), ([], []), []),  # nothing anywhere
+        (([], []), ([[0, 0, 10, 10]], [0.7]), [[0, 0, 10, 10]]),  # only the extra pass finds it
+        (([[0, 0, 10, 10]], [0.6]), ([], []), [[0, 0, 10, 10]]),  # only the main pass
+        (([[0, 0, 10, 10]], [0.6]), ([[1, 1, 11, 11]], [0.9]), [[0, 0, 10, 10]]),  # same face: main kept
+        (([[0, 0, 10, 10]], [0.6]), ([[50, 50, 90, 90]], [0.9]), [[50, 50, 90, 90], [0, 0, 10, 10]]),  # new face
+    ],
+)
+def test_add_missing_faces_table(base, extra, expected_boxes) -> None:
+    merged = add_missing_faces(_faces(*base), _faces(*extra), 0.4)
+    np.testing.assert_array_equal(merged.boxes.reshape(-1, 4), np.asarray(expected_boxes, np.float32).reshape(-1, 4))
+    np.testing.assert_array_equal(merged.landmarks[:, 0], merged.boxes[:, :2])
+
+
 def test_concat_detections_of_nothing_is_empty() -> None:
     assert len(concat_detections([])) == 0
     assert len(concat_detections([Detections.empty(), Detections.empty()])) == 0
@@ -254,18 +277,23 @@ class FakeBackend:
         return outputs
 
 
-def test_pipeline_detects_all_images_in_one_detector_call() -> None:
+def test_pipeline_detects_all_images_in_one_detector_call_per_canvas() -> None:
     backend = FakeBackend({640})
     found = asyncio.run(FacePipeline(backend, Settings()).detect([np.zeros((100, 100, 3), np.uint8)] * 2))
     assert [len(f) for f in found] == [1, 1]
-    assert backend.calls == [("face_detector", (2, 3, 640, 640))]
+    assert sorted(shape for _, shape in backend.calls) == [(2, 3, 128, 128), (2, 3, 640, 640)]
 
 
-def test_pipeline_falls_back_to_a_smaller_canvas_only_when_nothing_is_found() -> None:
+def test_pipeline_adds_a_face_only_the_small_canvas_finds() -> None:
     backend = FakeBackend({128})
     found = asyncio.run(FacePipeline(backend, Settings()).detect([np.zeros((100, 100, 3), np.uint8)]))
     assert len(found[0]) == 1
-    assert [shape for _, shape in backend.calls] == [(1, 3, 640, 640), (1, 3, 128, 128)]
+
+
+def test_pipeline_without_extra_canvases_makes_one_call() -> None:
+    backend = FakeBackend({640})
+    asyncio.run(FacePipeline(backend, Settings(detector_extra_sizes=[])).detect([np.zeros((50, 50, 3), np.uint8)]))
+    assert [shape for _, shape in backend.calls] == [(1, 3, 640, 640)]
 
 
 def test_pipeline_names_the_image_without_a_face() -> None:

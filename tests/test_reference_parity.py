@@ -59,6 +59,14 @@ def sample_photos() -> list[Path]:
     return photos
 
 
+@pytest.mark.parametrize("name", ["t1.jpg", "players.jpg", "gdp.jpg"])
+def test_group_photos_get_no_extra_faces(api: httpx.Client, reference, name: str) -> None:
+    path = photo(name)
+    ref_landmarks, _ = reference(path)
+    faces = api.post("/detect", files={"image": (name, path.read_bytes())}).json()["faces"]
+    assert len(faces) == len(ref_landmarks)
+
+
 def test_served_faces_and_embeddings_match_insightface(api: httpx.Client, reference) -> None:
     cosines, missed = [], []
     for path in sample_photos():
