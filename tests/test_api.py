@@ -7,6 +7,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -242,3 +243,41 @@ def test_concurrent_requests_all_succeed_and_batch(api: httpx.Client, triton) ->
     assert statuses == [200] * 24
     stats = httpx.get(f"http://{triton.url}/v2/models/face_detector/stats").json()["model_stats"][0]
     assert int(stats["execution_count"]) <= int(stats["inference_count"])
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("RGB", "WEBP"), ("RGB", "BMP"), ("L", "PNG"), ("RGBA", "PNG"), ("I;16", "PNG"), ("RGB", "TIFF")],
+)
+def test_other_formats_and_modes_find_the_face(api: httpx.Client, mode: str, fmt: str) -> None:
+    image = Image.open(photo("yaoming.jpg"))
+    if mode == "I;16":  # 16-bit greyscale PNG, written by OpenCV
+        grey = np.asarray(image.convert("L")).astype(np.uint16) * 257
+        data = cv2.imencode(".png", grey)[1].tobytes()
+    else:
+        buffer = io.BytesIO()
+        image.convert(mode).save(buffer, fmt)
+        data = buffer.getvalue()
+    response = post_image(api, "/embedding", data, f"photo.{fmt.lower()}")
+    assert response.status_code == 200, response.text
+    reference = post_image(api, "/embedding", photo("yaoming.jpg").read_bytes()).json()["embedding"]
+    assert float(np.dot(response.json()["embedding"], reference)) > 0.9
+
+
+def test_triton_unreachable_gives_503_with_retry_after(tmp_path: Path) -> None:
+    from conftest import ApiProcess, free_port
+
+    server = ApiProcess({"TRITON_URL": f"127.0.0.1:{free_port()}"}, tmp_path / "api.log").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            ready = client.get("/ready")
+            assert ready.status_code == 503 and "Triton" in ready.json()["detail"]
+            response = post_image(client, "/detect", photo("gdp.jpg").read_bytes())
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "5"
+            assert "Triton" in response.json()["detail"]
+            assert client.get("/health").status_code == 200
+            # client mistakes stay 4xx even while Triton is away
+            assert post_image(client, "/detect", b"junk").status_code == 400
+    finally:
+        server.stop()
