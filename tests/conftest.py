@@ -69,6 +69,18 @@ def model_repository() -> Path:
     return repo
 
 
+def terminate(process: subprocess.Popen | None, grace_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class TritonProcess:
     """A real tritonserver on free ports, started the way `triton_service.py serve` does."""
 
@@ -96,13 +108,7 @@ class TritonProcess:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 class ApiProcess:
@@ -136,13 +142,7 @@ class ApiProcess:
         raise RuntimeError("API did not start within 60 s")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 @pytest.fixture(scope="session")
