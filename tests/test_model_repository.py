@@ -39,13 +39,13 @@ def test_extract_writes_both_models_configs_and_model_info(installed: Path) -> N
     assert info["pack"] == "buffalo_sc"
     detector = info["models"][DETECTOR]
     assert detector["name"] == "scrfd_500m_bnkps"
-    assert detector["source_sha256"] == extract.PACKS["buffalo_sc"].models[0].sha256
+    assert detector["source_sha256"] == extract.WHEEL_PACKS["buffalo_sc"].models[0].sha256
     assert detector["normalisation"]["std"] == 128.0
     assert info["models"][RECOGNIZER]["normalisation"]["std"] == 127.5
     for model in info["models"].values():
         data = (installed / model["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == model["sha256"]
-    assert not list(installed.rglob("*.tmp-*")) and not (installed / ".staging").exists()
+    assert not list(installed.rglob("*.tmp-*")) and not list(installed.glob(".staging*"))
 
 
 def test_extract_makes_every_batch_dimension_dynamic(installed: Path) -> None:
@@ -94,35 +94,28 @@ def test_write_model_configs_on_an_empty_repository_says_how_to_fill_it(tmp_path
         write_model_configs(tmp_path, native_onnxruntime=False)
 
 
-def _pack_with_wrong_pin(role: str) -> extract.Pack:
-    pack = extract.PACKS["buffalo_sc"]
-    models = tuple(dataclasses.replace(m, sha256="0" * 64) if m.role == role else m for m in pack.models)
-    return dataclasses.replace(pack, models=models)
+def _wheel_with_wrong_pin(role: str) -> extract.Source:
+    source = extract.WHEEL_PACKS["buffalo_sc"]
+    models = tuple(dataclasses.replace(m, sha256="0" * 64) if m.role == role else m for m in source.models)
+    return dataclasses.replace(source, models=models)
 
 
 @pytest.mark.parametrize("role", [DETECTOR, RECOGNIZER])
-def test_checksum_mismatch_writes_nothing(tmp_path: Path, role: str) -> None:
-    with pytest.raises(ModelRepositoryError, match="does not match the pinned"):
-        extract.install_pack(_pack_with_wrong_pin(role), tmp_path)
+def test_checksum_mismatch_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str) -> None:
+    monkeypatch.setitem(extract.WHEEL_PACKS, "buffalo_sc", _wheel_with_wrong_pin(role))
+    assert extract.main(["--output-dir", str(tmp_path)]) == 1
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
-def test_failed_install_leaves_the_previous_repository_intact(installed: Path, tmp_path: Path) -> None:
+def test_failed_install_leaves_the_previous_repository_intact(
+    installed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = tmp_path / "repo"
-    extract.install_pack(extract.PACKS["buffalo_sc"], repo)
+    assert extract.main(["--output-dir", str(repo)]) == 0
     before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()}
-    with pytest.raises(ModelRepositoryError):
-        extract.install_pack(_pack_with_wrong_pin(RECOGNIZER), repo)
+    monkeypatch.setitem(extract.WHEEL_PACKS, "buffalo_sc", _wheel_with_wrong_pin(RECOGNIZER))
+    assert extract.main(["--output-dir", str(repo)]) == 1
     assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
-
-
-def test_check_signature_names_swapped_files(installed: Path) -> None:
-    detector = read_onnx_signature(installed / DETECTOR / "1" / "model.onnx")
-    recognizer = read_onnx_signature(installed / RECOGNIZER / "1" / "model.onnx")
-    with pytest.raises(ModelRepositoryError, match="recognizer must have one Nx3xHxW image input"):
-        extract.check_signature(RECOGNIZER, detector)
-    with pytest.raises(ModelRepositoryError, match="detector must have SCRFD outputs"):
-        extract.check_signature(DETECTOR, recognizer)
 
 
 def test_read_onnx_signature_rejects_a_non_onnx_file(tmp_path: Path) -> None:
