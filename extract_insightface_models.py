@@ -204,7 +204,12 @@ def install(files: dict[str, tuple[PackedModel, bytes]], output_dir: Path, info:
     """Prepare every model, stage it beside the repository, then move everything into place."""
     staging = output_dir / f".staging-{os.getpid()}"
     staged: list[tuple[Path, Path]] = []
-    info = {**info, "installed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "models": {}}
+    kept = {}  # a partial install (one role) keeps what the repository says of the other
+    if set(files) != set(ROLES) and (output_dir / MODEL_INFO).is_file():
+        previous = json.loads((output_dir / MODEL_INFO).read_text()).get("models", {})
+        kept = {role: entry for role, entry in previous.items() if role not in files}
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    info = {**info, "installed_at": now, "models": dict(kept)}
     try:
         for role, (model, raw) in files.items():
             kind, normalisation = ROLES[role]
@@ -235,6 +240,21 @@ def install(files: dict[str, tuple[PackedModel, bytes]], output_dir: Path, info:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return info
+
+
+def install_recognizer(data: bytes, name: str, output_dir: Path) -> dict:
+    """Install one recognizer (e.g. from convert_to_onnx.py) next to the repository's detector."""
+    model = PackedModel(RECOGNIZER, name, "model.onnx", None)
+    info = install({RECOGNIZER: (model, data)}, output_dir, {"pack": "custom", "source": f"converted: {name}"})
+    write_model_configs(output_dir, native_onnxruntime=_native_onnxruntime())
+    return info
+
+
+def _native_onnxruntime() -> bool:
+    try:
+        return find_triton_install().native_onnxruntime
+    except ModelRepositoryError:
+        return False  # no Triton here; start-up regenerates configs for the real one
 
 
 def collect(args: argparse.Namespace) -> tuple[dict[str, tuple[PackedModel, bytes]], dict]:
@@ -280,11 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files, info = collect(args)
         installed = install(files, args.output_dir, info)
-        try:
-            native = find_triton_install().native_onnxruntime
-        except ModelRepositoryError:
-            native = False  # no Triton here; start-up regenerates configs for the real one
-        write_model_configs(args.output_dir, native_onnxruntime=native)
+        write_model_configs(args.output_dir, native_onnxruntime=_native_onnxruntime())
     except ModelRepositoryError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1
