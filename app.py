@@ -19,7 +19,10 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from errors import ImageTooLarge, InferenceUnavailable, InvalidImage, ModelRepositoryError, NoFaceDetected
-from imaging import decode_image
+from gallery import IdentityNotFound, open_gallery
+from gallery_api import NoUsableFace, SameIdentity
+from gallery_api import router as gallery_router
+from imaging import read_upload
 from pipeline import Detections, FacePipeline, cosine_similarity
 from settings import Settings
 from triton_service import DETECTOR, RECOGNIZER, TritonClient
@@ -27,6 +30,9 @@ from triton_service import DETECTOR, RECOGNIZER, TritonClient
 log = logging.getLogger("frtriton")
 
 ERROR_STATUS: dict[type[Exception], int] = {
+    IdentityNotFound: 404,
+    NoUsableFace: 422,
+    SameIdentity: 422,
     InvalidImage: 400,
     ImageTooLarge: 413,
     NoFaceDetected: 422,
@@ -34,8 +40,6 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ModelRepositoryError: 503,
 }
 RETRY_AFTER_S = "5"
-MAX_IMAGES_PER_REQUEST = 2
-MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and part headers around the files
 
 
 # --------------------------------------------------------------------------- schemas
@@ -198,9 +202,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await client.open()
         app.state.triton = client
         app.state.pipeline = FacePipeline(client, settings)
+        app.state.gallery = await asyncio.to_thread(
+            open_gallery, settings.gallery_db, settings.gallery_url, settings.gallery_scoring
+        )
         try:
             yield
         finally:
+            await asyncio.to_thread(app.state.gallery.close)
             await client.close()
 
     app = FastAPI(
@@ -213,11 +221,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.add_middleware(
-        BodySizeLimit, max_bytes=MAX_IMAGES_PER_REQUEST * settings.max_upload_bytes + MULTIPART_SLACK_BYTES
-    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     _install_error_handlers(app)
     _install_routes(app, settings)
+    app.include_router(gallery_router)
     return app
 
 
@@ -246,11 +253,8 @@ PipelineDep = Annotated[FacePipeline, Depends(get_pipeline)]
 
 
 async def read_image(upload: UploadFile, settings: Settings) -> np.ndarray:
-    """Bytes of one uploaded image -> (H, W, 3) RGB, limits enforced, decoded off the event loop."""
-    data = await upload.read(settings.max_upload_bytes + 1)
-    if len(data) > settings.max_upload_bytes:
-        raise ImageTooLarge(f"{upload.filename or 'upload'} is larger than {settings.max_upload_bytes} bytes")
-    return await asyncio.to_thread(decode_image, data, max_pixels=settings.max_image_pixels)
+    """One uploaded image -> (H, W, 3) RGB, limits enforced, decoded off the event loop."""
+    return await read_upload(upload, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
 
 
 def _install_routes(app: FastAPI, settings: Settings) -> None:

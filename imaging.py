@@ -8,8 +8,10 @@ CMYK and 16-bit images all come out as (H, W, 3) uint8 RGB.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import warnings
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -96,3 +98,22 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(image)
     except Exception:  # malformed EXIF must not reject an otherwise fine photo
         return image
+
+
+class Upload(Protocol):
+    """What we need of an uploaded file (FastAPI's UploadFile fits)."""
+
+    filename: str | None
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+
+async def read_upload(upload: Upload, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Read at most `max_bytes` + 1 bytes of an upload and decode it off the event loop.
+
+    Raises ImageTooLarge above `max_bytes` (without reading the rest), else as decode_image.
+    """
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"{upload.filename or 'the upload'} is larger than {max_bytes} bytes")
+    return await asyncio.to_thread(decode_image, data, max_pixels=max_pixels)

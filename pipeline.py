@@ -42,6 +42,7 @@ NUM_LANDMARKS = 5
 SCRFD_MEAN, SCRFD_STD = 127.5, 128.0
 ARCFACE_MEAN, ARCFACE_STD = 127.5, 127.5
 CENTRE_WEIGHT = 2.0  # primary-face choice: squared centre offset counts twice against area
+SUBJECT_MARGIN = 0.5  # enrollment: the runner-up may score at most half the main face
 _OUTPUT_NAME = re.compile(r"^(score|bbox|kps)_(\d+)$")
 
 cv2.setNumThreads(1)  # the API's threads plus Triton share two cores; no nested pools
@@ -225,15 +226,32 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
 
 
-def primary_face(boxes: np.ndarray, image_hw: tuple[int, int]) -> int:
-    """Index of the largest face nearest the image centre: area - 2 * squared centre offset.
-
-    boxes: (N, 4) with N >= 1. Ties go to the earlier (higher-scoring) face.
-    """
+def primary_scores(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """(N,) how much each face looks like the photo's subject: area - 2 * squared centre offset."""
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     offset = centres - np.array([image_hw[1] / 2, image_hw[0] / 2])
-    return int(np.argmax(areas - CENTRE_WEIGHT * (offset**2).sum(axis=1)))
+    return areas - CENTRE_WEIGHT * (offset**2).sum(axis=1)
+
+
+def primary_face(boxes: np.ndarray, image_hw: tuple[int, int]) -> int:
+    """Index of the largest face nearest the image centre (highest `primary_scores`).
+
+    boxes: (N, 4) with N >= 1. Ties go to the earlier (higher-scoring) face.
+    """
+    return int(np.argmax(primary_scores(boxes, image_hw)))
+
+
+def has_clear_subject(boxes: np.ndarray, image_hw: tuple[int, int], margin: float = SUBJECT_MARGIN) -> bool:
+    """True when one face clearly is the photo's subject (for enrollment).
+
+    One face, or a main face with a positive `primary_scores` value at least 1/margin times
+    every other face's: a portrait with bystanders passes, a group photo does not.
+    """
+    if boxes.shape[0] <= 1:
+        return boxes.shape[0] == 1
+    scores = np.sort(primary_scores(boxes, image_hw))[::-1]
+    return bool(scores[0] > 0 and scores[1] <= margin * scores[0])
 
 
 def clip_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
@@ -339,6 +357,24 @@ class FacePipeline:
     async def crop_size(self) -> int:
         binding = await self.backend.binding(RECOGNIZER)
         return int(binding.input_shape[-1]) if binding.input_shape[-1] > 0 else ARCFACE_SIZE
+
+    async def faces_with_embeddings(self, images: Sequence[np.ndarray]) -> list[tuple[Detections, np.ndarray]]:
+        """Every face of every image with its embedding: (Detections, (N, D)) per image.
+
+        One detector call per canvas size and one recognizer call for all faces of all images.
+        """
+        detections = await self.detect(images)
+        size = await self.crop_size()
+        pairs = list(zip(images, detections, strict=True))
+        crops = await asyncio.to_thread(
+            lambda: np.concatenate([align_faces(image, found.landmarks, size) for image, found in pairs])
+        )
+        embeddings = await self.embed(crops)
+        out, start = [], 0
+        for found in detections:
+            out.append((found, embeddings[start : start + len(found)]))
+            start += len(found)
+        return out
 
     async def primary_embeddings(
         self, images: Sequence[np.ndarray], labels: Sequence[str] = ("the image",)

@@ -7,6 +7,7 @@ down; nothing else reads `os.environ` for configuration.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,23 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=40_000_000, gt=0, description="width x height, checked before decoding"
     )
+
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="whole request body, checked before it is read"
+    )
+    max_enroll_images: int = Field(default=10, gt=0, description="images per enrollment request")
+
+    # --- Gallery (identification) ---------------------------------------------
+    gallery_db: Path = PROJECT_ROOT / "data" / "gallery.db"
+    gallery_url: str | None = Field(default=None, description="postgresql://... to share one gallery (pgvector)")
+    identify_threshold: float = Field(
+        default=0.30, ge=-1, le=1, description="cosine to a person at or above which a face is named"
+    )
+    gallery_scoring: Literal["centroid", "best_sample"] = Field(
+        default="centroid", description="score a person by the centroid of their samples or their best sample"
+    )
+    api_key: str | None = Field(default=None, description="required in X-API-Key for gallery changes")
+    api_key_reads: bool = Field(default=False, description="also require the key for gallery reads")
 
     # --- Detection and recognition -------------------------------------------
     detector_input_size: int = Field(

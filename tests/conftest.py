@@ -116,7 +116,7 @@ class ApiProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
-        self.env = {**os.environ, **env}
+        self.env = {**os.environ, "GALLERY_DB": str(log_path.parent / "gallery.db"), **env}
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
@@ -154,7 +154,9 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
 
 @pytest.fixture(scope="session")
 def api(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    server = ApiProcess({"TRITON_URL": triton.url}, tmp_path_factory.mktemp("api") / "api.log").start()
+    folder = tmp_path_factory.mktemp("api")
+    env = {"TRITON_URL": triton.url, "GALLERY_DB": str(folder / "gallery.db")}
+    server = ApiProcess(env, folder / "api.log").start()
     with httpx.Client(base_url=server.url, timeout=60) as client:
         yield client
     server.stop()

@@ -257,17 +257,23 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.integration
-def test_an_installed_release_pack_serves_on_triton(fake_release, tmp_path: Path, monkeypatch) -> None:
-    """The release-format detector, prepared, answers like the wheel's through the whole service."""
+@pytest.mark.parametrize("source", ["release zip", "custom files"])
+def test_installed_models_serve_on_triton(fake_release, tmp_path: Path, monkeypatch, source: str) -> None:
+    """A release-format pack and a custom pair, prepared, answer through the whole service."""
     import httpx
 
     from conftest import ApiProcess, TritonProcess, photo
 
-    archive, source = fake_release
-    monkeypatch.setitem(extract.RELEASE_PACKS, "buffalo_l", source)
+    archive, pinned = fake_release
     repo = tmp_path / "repo"
-    argv = ["--pack", "buffalo_l", "--zip", str(archive), "--output-dir", str(repo), "--cache-dir", str(tmp_path)]
-    assert extract.main(argv) == 0
+    if source == "release zip":
+        monkeypatch.setitem(extract.RELEASE_PACKS, "buffalo_l", pinned)
+        argv = ["--pack", "buffalo_l", "--zip", str(archive), "--cache-dir", str(tmp_path)]
+    else:
+        detector = tmp_path / "my_detector.onnx"
+        detector.write_bytes(release_style_detector().SerializeToString())
+        argv = ["--detector", str(detector), "--recognizer", str(MBF)]
+    assert extract.main([*argv, "--output-dir", str(repo)]) == 0
     triton = TritonProcess(repo, tmp_path / "triton.log").start()
     api = None
     try:
@@ -276,7 +282,7 @@ def test_an_installed_release_pack_serves_on_triton(fake_release, tmp_path: Path
         response = httpx.post(f"{api.url}/detect", files=files, timeout=60)
         assert response.status_code == 200 and len(response.json()["faces"]) == 6
         models = httpx.get(f"{api.url}/models", timeout=10).json()
-        assert models["pack"] == "buffalo_l"
+        assert models["pack"] == ("buffalo_l" if source == "release zip" else "custom")
     finally:
         if api is not None:
             api.stop()

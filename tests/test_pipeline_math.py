@@ -21,6 +21,7 @@ from pipeline import (
     concat_detections,
     cosine_similarity,
     decode_scrfd,
+    has_clear_subject,
     l2_normalize,
     letterbox,
     nms,
@@ -214,6 +215,20 @@ def test_cosine_similarity_is_raw_cosine(a, b, expected) -> None:
 )
 def test_primary_face_prefers_large_central_faces(boxes, expected) -> None:
     assert primary_face(np.asarray(boxes, np.float32), (120, 120)) == expected
+
+
+@pytest.mark.parametrize(
+    ("boxes", "expected"),
+    [
+        ([], False),  # nobody
+        ([[40, 40, 80, 80]], True),  # one face, wherever it is
+        ([[35, 35, 85, 85], [0, 0, 30, 30]], True),  # a portrait with a bystander in the corner
+        ([[10, 40, 50, 80], [70, 40, 110, 80]], False),  # two people side by side: no subject
+        ([[30, 30, 90, 90], [35, 35, 85, 85]], False),  # two central faces of similar size
+    ],
+)
+def test_has_clear_subject_table(boxes, expected) -> None:
+    assert has_clear_subject(np.asarray(boxes, np.float32).reshape(-1, 4), (120, 120)) == expected
 
 
 def test_clip_boxes_keeps_boxes_inside_the_image() -> None:

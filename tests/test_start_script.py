@@ -31,6 +31,7 @@ def launch(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, int, Path]:
         "TRITON_GRPC_PORT": str(free_port()),
         "TRITON_METRICS_PORT": str(free_port()),
         "TRITON_REPO": str(model_repository()),
+        "GALLERY_DB": str(tmp_path / "gallery.db"),
         **env,
     }
     with open(log, "wb") as handle:
