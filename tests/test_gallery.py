@@ -23,11 +23,32 @@ def near(vector: np.ndarray, seed: int, noise: float = 0.3) -> np.ndarray:
     return moved / np.linalg.norm(moved, axis=-1, keepdims=True)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path):
+    """Opens galleries of one backend on one store: both backends pass the same tests."""
+    if request.param == "sqlite":
+        location = tmp_path / "g.db"
+        opener = SqliteGallery
+    else:
+        from gallery_pg import PgGallery
+
+        location = request.getfixturevalue("postgres_url")
+        opener = PgGallery
+    opened = []
+
+    def open_store(scoring: str = "centroid"):
+        store = opener(location, scoring)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
 @pytest.fixture()
-def gallery(tmp_path: Path):
-    store = SqliteGallery(tmp_path / "g.db")
-    yield store
-    store.close()
+def gallery(backend):
+    return backend()
 
 
 def test_create_get_list_and_count(gallery: SqliteGallery) -> None:
@@ -41,8 +62,8 @@ def test_create_get_list_and_count(gallery: SqliteGallery) -> None:
 
 
 @pytest.mark.parametrize(("scoring", "expected"), [("best_sample", 0.9), ("centroid", 0.6)])
-def test_search_names_the_nearest_person(tmp_path: Path, scoring: str, expected: float) -> None:
-    gallery = SqliteGallery(tmp_path / "g.db", scoring)
+def test_search_names_the_nearest_person(backend, scoring: str, expected: float) -> None:
+    gallery = backend(scoring)
     ada_vectors, bob_vectors = unit(1, 2), unit(2, 2)
     ada = gallery.create("Ada", {}, ada_vectors)
     gallery.create("Bob", {}, bob_vectors)
@@ -50,7 +71,6 @@ def test_search_names_the_nearest_person(tmp_path: Path, scoring: str, expected:
     assert [m.name for m in matches] == ["Ada", "Bob"]
     # one of two unrelated samples: ~0.96 to itself, ~0.68 to the pair's centroid
     assert matches[0].id == ada.id and matches[0].similarity > expected > 0.2 > abs(matches[1].similarity)
-    gallery.close()
 
 
 def test_search_of_an_empty_gallery_returns_no_matches(gallery: SqliteGallery) -> None:
@@ -96,14 +116,13 @@ def test_delete_all(gallery: SqliteGallery) -> None:
     assert gallery.list(10, 0) == (0, []) and gallery.search(unit(0), 3) == [[]]
 
 
-def test_the_gallery_survives_a_reopen(tmp_path: Path) -> None:
-    store = SqliteGallery(tmp_path / "g.db")
+def test_the_gallery_survives_a_reopen(backend) -> None:
+    store = backend()
     person = store.create("Persisted", {"x": [1, 2]}, unit(5, 3))
     store.close()
-    again = SqliteGallery(tmp_path / "g.db")
+    again = backend()
     assert again.get(person.id).num_faces == 3 and again.get(person.id).metadata == {"x": [1, 2]}
     assert again.search(unit(5, 1), 1)[0][0].id == person.id
-    again.close()
 
 
 def test_the_schema_is_versioned_and_in_wal_mode(tmp_path: Path) -> None:
@@ -114,15 +133,13 @@ def test_the_schema_is_versioned_and_in_wal_mode(tmp_path: Path) -> None:
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_a_second_process_sees_writes_of_the_first(tmp_path: Path) -> None:
-    first, second = SqliteGallery(tmp_path / "g.db"), SqliteGallery(tmp_path / "g.db")
+def test_a_second_process_sees_writes_of_the_first(backend) -> None:
+    first, second = backend(), backend()
     assert second.search(unit(1), 1) == [[]]
     person = first.create("Shared", {}, unit(1))
     assert second.search(unit(1), 1)[0][0].id == person.id  # data_version told it to reload
     first.delete(person.id)
     assert second.search(unit(1), 1) == [[]]
-    first.close()
-    second.close()
 
 
 def test_concurrent_writers_lose_nothing(gallery: SqliteGallery) -> None:
@@ -139,7 +156,8 @@ def test_concurrent_writers_lose_nothing(gallery: SqliteGallery) -> None:
     assert len(gallery.search(unit(0), 100)[0]) == 40
 
 
-def test_incremental_index_equals_a_rebuilt_one(gallery: SqliteGallery, tmp_path: Path) -> None:
+def test_search_after_many_changes_equals_a_fresh_reader(backend) -> None:
+    gallery = backend()
     a = gallery.create("A", {}, unit(1, 2))
     b = gallery.create("B", {}, unit(2))
     c = gallery.create("C", {}, unit(3, 3))
@@ -150,7 +168,7 @@ def test_incremental_index_equals_a_rebuilt_one(gallery: SqliteGallery, tmp_path
     gallery.create("D", {}, unit(5))
     queries = unit(42, 6)
     incremental = gallery.search(queries, 5)
-    rebuilt = SqliteGallery(tmp_path / "g.db").search(queries, 5)
+    rebuilt = backend().search(queries, 5)
     as_tuples = [[(m.id, m.name, round(m.similarity, 5)) for m in row] for row in incremental]
     assert as_tuples == [[(m.id, m.name, round(m.similarity, 5)) for m in row] for row in rebuilt]
 

@@ -1,0 +1,257 @@
+"""The gallery on PostgreSQL with pgvector, shared by several API replicas.
+
+Same interface and behaviour as `gallery.SqliteGallery`; chosen with
+`GALLERY_URL=postgresql://...`. Every face sample is a `vector(512)` row; each person
+keeps the normalised centroid of their samples, updated in the same transaction as
+their samples. Both columns carry HNSW indexes (cosine), so a search is one indexed
+query: by centroid (default) or, for best-sample scoring, the nearest samples grouped
+by person. Nothing is cached in the process: every replica sees every commit.
+Schema migrations run under an advisory lock, so replicas may start together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.types.json import Jsonb
+
+from gallery import EMBEDDING_DIM, SCORINGS, Identity, IdentityNotFound, Match, as_vectors, new_id, now
+
+MIGRATION_LOCK = 0x46525452  # "FRTR": pg_advisory_xact_lock key for schema changes
+BEST_SAMPLE_FANOUT = 10  # best-sample search reads this many nearest samples per wanted person
+
+MIGRATIONS: list[str] = [
+    f"""
+    CREATE EXTENSION IF NOT EXISTS vector;
+    CREATE TABLE identities (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        metadata JSONB NOT NULL DEFAULT '{{}}',
+        centroid vector({EMBEDDING_DIM}),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE faces (
+        id BIGSERIAL PRIMARY KEY,
+        identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+        embedding vector({EMBEDDING_DIM}) NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX faces_by_identity ON faces (identity_id);
+    CREATE INDEX identities_by_created ON identities (created_at, id);
+    CREATE INDEX faces_hnsw ON faces USING hnsw (embedding vector_cosine_ops);
+    CREATE INDEX identities_hnsw ON identities USING hnsw (centroid vector_cosine_ops);
+    """,
+]
+
+IDENTITY_SQL = (
+    "SELECT i.id, i.name, i.metadata, i.created_at, (SELECT COUNT(*) FROM faces f WHERE f.identity_id = i.id)"
+    " FROM identities i"
+)
+
+
+class PgGallery:
+    def __init__(self, url: str, scoring: str = "centroid") -> None:
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}")
+        self.url = url
+        self.scoring = scoring
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+        self._migrate()
+
+    # ---- plumbing
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.url, autocommit=False)
+            self._conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            self._conn.commit()
+            register_vector(self._conn)
+        return self._conn
+
+    def _run(self, operation: Callable[[psycopg.Cursor], Any]) -> Any:
+        """One transaction: commit on success, roll back on any error."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.cursor() as cursor:
+                    result = operation(cursor)
+                conn.commit()
+                return result
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
+
+    def _migrate(self) -> None:
+        def operation(cursor: psycopg.Cursor) -> None:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            cursor.execute("CREATE TABLE IF NOT EXISTS frtriton_schema (version INTEGER NOT NULL)")
+            cursor.execute("SELECT version FROM frtriton_schema")
+            row = cursor.fetchone()
+            version = row[0] if row else 0
+            if row is None:
+                cursor.execute("INSERT INTO frtriton_schema (version) VALUES (0)")
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    cursor.execute(statement)
+                cursor.execute("UPDATE frtriton_schema SET version = %s", (number,))
+
+        with self._lock:  # the extension must exist before vectors are registered
+            conn = psycopg.connect(self.url, autocommit=False)
+            try:
+                with conn.cursor() as cursor:
+                    operation(cursor)
+                conn.commit()
+            finally:
+                conn.close()
+
+    @staticmethod
+    def _identity(cursor: psycopg.Cursor, identity_id: str) -> Identity:
+        cursor.execute(IDENTITY_SQL + " WHERE i.id = %s", (identity_id,))
+        row = cursor.fetchone()
+        if row is None:
+            raise IdentityNotFound(identity_id)
+        return Identity(row[0], row[1], row[2], row[4], row[3])
+
+    @staticmethod
+    def _lock_identity(cursor: psycopg.Cursor, identity_id: str) -> None:
+        cursor.execute("SELECT id FROM identities WHERE id = %s FOR UPDATE", (identity_id,))
+        if cursor.fetchone() is None:
+            raise IdentityNotFound(identity_id)
+
+    @staticmethod
+    def _refresh_centroid(cursor: psycopg.Cursor, identity_id: str) -> None:
+        cursor.execute(
+            "UPDATE identities SET updated_at = %s, centroid ="
+            " (SELECT l2_normalize(AVG(embedding)) FROM faces WHERE identity_id = %s) WHERE id = %s",
+            (now(), identity_id, identity_id),
+        )
+
+    @staticmethod
+    def _insert_faces(cursor: psycopg.Cursor, identity_id: str, embeddings: np.ndarray) -> None:
+        stamp = now()
+        cursor.executemany(
+            "INSERT INTO faces (identity_id, embedding, created_at) VALUES (%s, %s, %s)",
+            [(identity_id, vector, stamp) for vector in as_vectors(embeddings)],
+        )
+
+    # ---- the Gallery interface
+    def create(self, name: str, metadata: dict, embeddings: np.ndarray) -> Identity:
+        identity_id, stamp = new_id(), now()
+
+        def operation(cursor):
+            cursor.execute(
+                "INSERT INTO identities (id, name, metadata, created_at, updated_at) VALUES (%s, %s, %s, %s, %s)",
+                (identity_id, name, Jsonb(metadata), stamp, stamp),
+            )
+            self._insert_faces(cursor, identity_id, embeddings)
+            self._refresh_centroid(cursor, identity_id)
+            return self._identity(cursor, identity_id)
+
+        return self._run(operation)
+
+    def add_faces(self, identity_id: str, embeddings: np.ndarray) -> Identity:
+        def operation(cursor):
+            self._lock_identity(cursor, identity_id)
+            self._insert_faces(cursor, identity_id, embeddings)
+            self._refresh_centroid(cursor, identity_id)
+            return self._identity(cursor, identity_id)
+
+        return self._run(operation)
+
+    def get(self, identity_id: str) -> Identity:
+        return self._run(lambda cursor: self._identity(cursor, identity_id))
+
+    def list(self, limit: int, offset: int) -> tuple[int, list[Identity]]:
+        def operation(cursor):
+            cursor.execute("SELECT COUNT(*) FROM identities")
+            total = cursor.fetchone()[0]
+            cursor.execute(IDENTITY_SQL + " ORDER BY i.created_at, i.id LIMIT %s OFFSET %s", (limit, offset))
+            return total, [Identity(r[0], r[1], r[2], r[4], r[3]) for r in cursor.fetchall()]
+
+        return self._run(operation)
+
+    def update(self, identity_id: str, name: str | None, metadata: dict | None) -> Identity:
+        def operation(cursor):
+            self._lock_identity(cursor, identity_id)
+            if name is not None:
+                cursor.execute("UPDATE identities SET name = %s WHERE id = %s", (name, identity_id))
+            if metadata is not None:
+                cursor.execute("UPDATE identities SET metadata = %s WHERE id = %s", (Jsonb(metadata), identity_id))
+            cursor.execute("UPDATE identities SET updated_at = %s WHERE id = %s", (now(), identity_id))
+            return self._identity(cursor, identity_id)
+
+        return self._run(operation)
+
+    def merge(self, target_id: str, source_id: str) -> Identity:
+        def operation(cursor):
+            for identity_id in sorted((target_id, source_id)):  # one lock order: no deadlock
+                self._lock_identity(cursor, identity_id)
+            cursor.execute("UPDATE faces SET identity_id = %s WHERE identity_id = %s", (target_id, source_id))
+            cursor.execute("DELETE FROM identities WHERE id = %s", (source_id,))
+            self._refresh_centroid(cursor, target_id)
+            return self._identity(cursor, target_id)
+
+        return self._run(operation)
+
+    def delete(self, identity_id: str) -> None:
+        def operation(cursor):
+            cursor.execute("DELETE FROM identities WHERE id = %s", (identity_id,))
+            if cursor.rowcount == 0:
+                raise IdentityNotFound(identity_id)
+
+        self._run(operation)
+
+    def delete_all(self) -> int:
+        def operation(cursor):
+            cursor.execute("DELETE FROM faces")
+            cursor.execute("DELETE FROM identities")
+            return cursor.rowcount
+
+        return self._run(operation)
+
+    def search(self, queries: np.ndarray, top_k: int) -> list[list[Match]]:
+        vectors = as_vectors(queries)
+
+        def operation(cursor):
+            cursor.execute(f"SET LOCAL hnsw.ef_search = {max(40, top_k * BEST_SAMPLE_FANOUT)}")
+            results = []
+            for vector in vectors:
+                if self.scoring == "centroid":
+                    cursor.execute(
+                        "SELECT id, name, 1 - (centroid <=> %s) FROM identities WHERE centroid IS NOT NULL"
+                        " ORDER BY centroid <=> %s LIMIT %s",
+                        (vector, vector, top_k),
+                    )
+                    results.append([Match(r[0], r[1], float(r[2])) for r in cursor.fetchall()])
+                    continue
+                cursor.execute(
+                    "SELECT n.identity_id, i.name, MAX(n.similarity) AS best FROM ("
+                    "  SELECT identity_id, 1 - (embedding <=> %s) AS similarity FROM faces"
+                    "  ORDER BY embedding <=> %s LIMIT %s) n"
+                    " JOIN identities i ON i.id = n.identity_id GROUP BY n.identity_id, i.name"
+                    " ORDER BY best DESC LIMIT %s",
+                    (vector, vector, top_k * BEST_SAMPLE_FANOUT, top_k),
+                )
+                results.append([Match(r[0], r[1], float(r[2])) for r in cursor.fetchall()])
+            return results
+
+        return self._run(operation)
+
+    def face_count(self) -> int:
+        def operation(cursor):
+            cursor.execute("SELECT COUNT(*) FROM faces")
+            return cursor.fetchone()[0]
+
+        return self._run(operation)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and not self._conn.closed:
+                self._conn.close()
