@@ -6,6 +6,7 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,8 +245,10 @@ def test_killing_the_server_during_enrollments_loses_no_committed_person(triton,
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
     for thread in threads:
         thread.start()
-    while len(confirmed) < 6:
-        threading.Event().wait(0.05)
+    deadline = time.monotonic() + 120
+    while len(confirmed) < 6 and time.monotonic() < deadline and any(t.is_alive() for t in threads):
+        time.sleep(0.05)
+    assert len(confirmed) >= 6, "enrollments did not get going"
     os.kill(server.process.pid, signal.SIGKILL)  # mid-stream: other enrollments are in flight
     stop.set()
     for thread in threads:
