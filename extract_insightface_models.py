@@ -58,9 +58,10 @@ RELEASE_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7
 DEFAULT_CACHE = Path(os.environ.get("FRTRITON_CACHE", Path.home() / ".cache" / "fr-triton"))
 MAX_MODEL_BYTES = 512 * 1024 * 1024  # a zip member above this is not a face model
 
-# SCRFD was trained on (x - 127.5) / 128, ArcFace on (x - 127.5) / 127.5, both RGB.
-SCRFD_NORMALISATION = {"mean": 127.5, "std": 128.0, "channel_order": "RGB", "layout": "NCHW"}
-ARCFACE_NORMALISATION = {"mean": 127.5, "std": 127.5, "channel_order": "RGB", "layout": "NCHW"}
+# SCRFD was trained on (x - 127.5) / 128, ArcFace on (x - 127.5) / 127.5, both RGB. Installed
+# models take uint8 NHWC RGB pixels: the normalisation is folded into the graph.
+SCRFD_NORMALISATION = {"mean": 127.5, "std": 128.0, "channel_order": "RGB"}
+ARCFACE_NORMALISATION = {"mean": 127.5, "std": 127.5, "channel_order": "RGB"}
 ROLES = {DETECTOR: ("detector", SCRFD_NORMALISATION), RECOGNIZER: ("recognizer", ARCFACE_NORMALISATION)}
 
 
@@ -217,7 +218,7 @@ def install(files: dict[str, tuple[PackedModel, bytes]], output_dir: Path, info:
                 graph = onnx.load_from_string(raw)
             except Exception as error:  # DecodeError and friends
                 raise ModelRepositoryError(f"{model.filename} is not an ONNX model ({error})") from error
-            data = prepare(graph, kind).SerializeToString()
+            data = prepare(graph, kind, normalisation).SerializeToString()
             staged_file = staging / role / MODEL_VERSION / MODEL_FILENAME
             atomic_write(staged_file, data)
             signature = read_onnx_signature(staged_file)
@@ -231,7 +232,7 @@ def install(files: dict[str, tuple[PackedModel, bytes]], output_dir: Path, info:
                 "path": str(target.relative_to(output_dir)),
                 "inputs": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in signature.inputs],
                 "outputs": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in signature.outputs],
-                "normalisation": normalisation,
+                "normalisation": {**normalisation, "folded_into_graph": True},
             }
         for staged_file, target in staged:  # everything verified: swap the files in
             target.parent.mkdir(parents=True, exist_ok=True)

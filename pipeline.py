@@ -290,6 +290,18 @@ def _norm(parameters: Mapping[str, str], default_mean: float, default_std: float
     return float(parameters.get("norm_mean", default_mean)), float(parameters.get("norm_std", default_std))
 
 
+def model_input(images: np.ndarray, binding, default_mean: float, default_std: float) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB -> what the served model takes.
+
+    Installed models take the pixels as they are (uint8 NHWC: normalisation folded into the
+    graph, a quarter of the bytes); a raw float model gets (x - mean) / std as NCHW.
+    """
+    if getattr(binding, "input_dtype", "TYPE_FP32") == "TYPE_UINT8":
+        return np.ascontiguousarray(images)
+    mean, std = _norm(binding.parameters, default_mean, default_std)
+    return to_nchw(images, mean, std)
+
+
 class FacePipeline:
     """Detect, align and embed faces with every inference on the backend (Triton)."""
 
@@ -324,8 +336,7 @@ class FacePipeline:
 
     async def _detect_pass(self, images: Sequence[np.ndarray], size: int) -> list[Detections]:
         binding = await self.backend.binding(DETECTOR)
-        mean, std = _norm(binding.parameters, SCRFD_MEAN, SCRFD_STD)
-        batch, scales = await asyncio.to_thread(self._prepare_canvases, images, size, mean, std)
+        batch, scales = await asyncio.to_thread(self._prepare_canvases, images, size, binding)
         outputs = await self.backend.infer(DETECTOR, batch)
         threshold = self.settings.detection_threshold
         found = []
@@ -335,9 +346,9 @@ class FacePipeline:
         return found
 
     @staticmethod
-    def _prepare_canvases(images: Sequence[np.ndarray], size: int, mean: float, std: float):
+    def _prepare_canvases(images: Sequence[np.ndarray], size: int, binding):
         canvases, scales = zip(*(letterbox(image, size) for image in images), strict=True)
-        return to_nchw(np.stack(canvases), mean, std), scales
+        return model_input(np.stack(canvases), binding, SCRFD_MEAN, SCRFD_STD), scales
 
     def _suppress(self, found: Detections) -> Detections:
         if not len(found):
@@ -349,14 +360,15 @@ class FacePipeline:
         if crops.shape[0] == 0:
             return np.zeros((0, 0), np.float32)
         binding = await self.backend.binding(RECOGNIZER)
-        mean, std = _norm(binding.parameters, ARCFACE_MEAN, ARCFACE_STD)
-        batch = await asyncio.to_thread(to_nchw, crops, mean, std)
+        batch = await asyncio.to_thread(model_input, crops, binding, ARCFACE_MEAN, ARCFACE_STD)
         outputs = await self.backend.infer(RECOGNIZER, batch)
         return l2_normalize(next(iter(outputs.values())).reshape(crops.shape[0], -1))
 
     async def crop_size(self) -> int:
         binding = await self.backend.binding(RECOGNIZER)
-        return int(binding.input_shape[-1]) if binding.input_shape[-1] > 0 else ARCFACE_SIZE
+        # NHWC (folded uint8): (H, W, 3); NCHW (raw float): (3, H, W)
+        height = binding.input_shape[0] if binding.input_shape[-1] == 3 else binding.input_shape[-1]
+        return int(height) if height > 0 else ARCFACE_SIZE
 
     async def faces_with_embeddings(self, images: Sequence[np.ndarray]) -> list[tuple[Detections, np.ndarray]]:
         """Every face of every image with its embedding: (Detections, (N, D)) per image.

@@ -337,6 +337,7 @@ class ModelBinding:
     name: str
     input_name: str
     input_shape: tuple[int, ...]  # without batch, -1 dynamic
+    input_dtype: str  # Triton's name: "TYPE_UINT8" for installed (folded) models, "TYPE_FP32" for raw ones
     output_names: tuple[str, ...]
     max_batch_size: int
     parameters: Mapping[str, str]
@@ -399,6 +400,7 @@ class TritonClient:
             name=model,
             input_name=inputs[0]["name"],
             input_shape=tuple(int(d) for d in inputs[0]["dims"]),
+            input_dtype=inputs[0].get("data_type", "TYPE_FP32"),
             output_names=tuple(o["name"] for o in config.get("output", [])),
             max_batch_size=max(1, int(config.get("max_batch_size", 1))),
             parameters={k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()},

@@ -62,7 +62,7 @@ def test_models_reports_what_triton_serves(api: httpx.Client) -> None:
     served = {m["name"]: m for m in body["models"]}
     assert served["face_detector"]["network"] == "scrfd_500m_bnkps"
     assert served["fr_model"]["network"] == "w600k_mbf"
-    assert served["fr_model"]["inputs"][0]["dims"] == [3, 112, 112]
+    assert served["fr_model"]["inputs"][0] == {"name": "image", "data_type": "TYPE_UINT8", "dims": [112, 112, 3]}
     assert served["fr_model"]["normalisation"]["std"] == "127.5"
     assert len(served["fr_model"]["sha256"]) == 64
 

@@ -96,4 +96,5 @@ def test_conversion_into_a_repository_installs_and_regenerates_the_config(tmp_pa
     assert info["models"]["fr_model"]["name"] == "mobilefacenet (mbf.pth)"
     assert info["models"]["face_detector"]["name"] == "scrfd_500m_bnkps"  # the detector stays
     config = (repo / "fr_model" / "config.pbtxt").read_text()
-    assert 'name: "input.1"' in config and 'name: "embedding"' in config and "dims: [ 512 ]" in config
+    assert 'name: "image" data_type: TYPE_UINT8' in config and 'name: "embedding"' in config
+    assert "dims: [ 512 ]" in config

@@ -53,7 +53,7 @@ def test_extract_makes_every_batch_dimension_dynamic(installed: Path) -> None:
         signature = read_onnx_signature(installed / name / "1" / "model.onnx")
         assert all(spec.shape[0] == -1 for spec in (*signature.inputs, *signature.outputs)), signature
     recognizer = read_onnx_signature(installed / RECOGNIZER / "1" / "model.onnx")
-    assert recognizer.inputs[0].shape == (-1, 3, 112, 112)
+    assert recognizer.inputs[0].shape == (-1, 112, 112, 3)  # uint8 pixels: normalisation folded in
     assert recognizer.outputs[0].shape == (-1, 512)  # the source graph declares [1, 512]
 
 
@@ -61,13 +61,13 @@ def test_generated_config_describes_a_batched_cpu_model(installed: Path) -> None
     text = (installed / RECOGNIZER / "config.pbtxt").read_text()
     assert 'name: "fr_model"' in text
     assert f"max_batch_size: {MODEL_TUNING[RECOGNIZER]['max_batch_size']}" in text
-    assert 'name: "input.1" data_type: TYPE_FP32 dims: [ 3, 112, 112 ]' in text
+    assert 'name: "image" data_type: TYPE_UINT8 dims: [ 112, 112, 3 ]' in text
     assert 'data_type: TYPE_FP32 dims: [ 512 ]' in text
     assert "dynamic_batching" in text and "kind: KIND_CPU" in text
     detector = (installed / DETECTOR / "config.pbtxt").read_text()
     for output in ("score_8", "bbox_16", "kps_32"):
         assert f'name: "{output}"' in detector
-    assert 'dims: [ 3, -1, -1 ]' in detector
+    assert 'name: "image" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ]' in detector
 
 
 def test_config_uses_the_native_onnxruntime_platform_when_available(installed: Path) -> None:
