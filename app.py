@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
@@ -20,9 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from errors import ImageTooLarge, InferenceUnavailable, InvalidImage, ModelRepositoryError, NoFaceDetected
 from gallery import IdentityNotFound, open_gallery
-from gallery_api import NoUsableFace, SameIdentity
+from gallery_api import NoUsableFace, SameIdentity, read_image
 from gallery_api import router as gallery_router
-from imaging import read_upload
 from pipeline import Detections, FacePipeline, cosine_similarity
 from settings import Settings
 from triton_service import DETECTOR, RECOGNIZER, TritonClient
@@ -250,11 +248,6 @@ def get_pipeline(request: Request) -> FacePipeline:
 
 
 PipelineDep = Annotated[FacePipeline, Depends(get_pipeline)]
-
-
-async def read_image(upload: UploadFile, settings: Settings) -> np.ndarray:
-    """One uploaded image -> (H, W, 3) RGB, limits enforced, decoded off the event loop."""
-    return await read_upload(upload, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
 
 
 def _install_routes(app: FastAPI, settings: Settings) -> None:

@@ -221,6 +221,17 @@ MIGRATIONS: list[str] = [
 ]
 
 
+# One identity with its sample count; callers add WHERE / ORDER BY.
+IDENTITY_SQL = (
+    "SELECT i.id, i.name, i.metadata, i.created_at, (SELECT COUNT(*) FROM faces f WHERE f.identity_id = i.id)"
+    " FROM identities i"
+)
+
+
+def _identity_from_row(row: Sequence) -> Identity:
+    return Identity(row[0], row[1], json.loads(row[2]), row[4], row[3])
+
+
 class SqliteGallery:
     """Embedded gallery: one SQLite file, WAL, every operation one transaction."""
 
@@ -272,14 +283,10 @@ class SqliteGallery:
             return result
 
     def _identity(self, db: sqlite3.Connection, identity_id: str) -> Identity:
-        row = db.execute(
-            "SELECT i.id, i.name, i.metadata, i.created_at, (SELECT COUNT(*) FROM faces f WHERE f.identity_id = i.id)"
-            " FROM identities i WHERE i.id = ?",
-            (identity_id,),
-        ).fetchone()
+        row = db.execute(IDENTITY_SQL + " WHERE i.id = ?", (identity_id,)).fetchone()
         if row is None:
             raise IdentityNotFound(identity_id)
-        return Identity(row[0], row[1], json.loads(row[2]), row[4], row[3])
+        return _identity_from_row(row)
 
     @staticmethod
     def _insert_faces(db: sqlite3.Connection, identity_id: str, embeddings: np.ndarray) -> None:
@@ -320,12 +327,9 @@ class SqliteGallery:
         with self._lock:
             total = self._db.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
             rows = self._db.execute(
-                "SELECT i.id, i.name, i.metadata, i.created_at,"
-                " (SELECT COUNT(*) FROM faces f WHERE f.identity_id = i.id)"
-                " FROM identities i ORDER BY i.created_at, i.id LIMIT ? OFFSET ?",
-                (limit, offset),
+                IDENTITY_SQL + " ORDER BY i.created_at, i.id LIMIT ? OFFSET ?", (limit, offset)
             ).fetchall()
-        return total, [Identity(r[0], r[1], json.loads(r[2]), r[4], r[3]) for r in rows]
+        return total, [_identity_from_row(row) for row in rows]
 
     def update(self, identity_id: str, name: str | None, metadata: dict | None) -> Identity:
         def operation(db):

@@ -152,8 +152,7 @@ async def usable_embeddings(
     decoded, positions, rejected = [], [], []
     for index, upload in enumerate(uploads):
         try:
-            limits = {"max_bytes": settings.max_upload_bytes, "max_pixels": settings.max_image_pixels}
-            decoded.append(await read_upload(upload, **limits))
+            decoded.append(await read_image(upload, settings))
             positions.append(index)
         except (InvalidImage, ImageTooLarge) as error:
             rejected.append(Rejected(index=index, reason=error.message))
@@ -172,6 +171,11 @@ async def usable_embeddings(
     if not vectors:
         raise NoUsableFace(rejected)
     return np.stack(vectors), rejected
+
+
+async def read_image(upload: UploadFile, settings: Settings) -> np.ndarray:
+    """One uploaded image -> (H, W, 3) RGB with the configured byte and pixel limits."""
+    return await read_upload(upload, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
 
 
 def parse_metadata(text: str | None) -> dict:
@@ -271,7 +275,7 @@ async def identify(
     threshold: Annotated[float | None, Form(ge=-1, le=1)] = None,
 ) -> IdentifyResponse:
     cut = settings.identify_threshold if threshold is None else threshold
-    pixels = await read_upload(image, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
+    pixels = await read_image(image, settings)
     [(found, embeddings)] = await pipeline.faces_with_embeddings([pixels])
     matches = await asyncio.to_thread(gallery.search, embeddings, top_k) if len(found) else []
     faces = []
