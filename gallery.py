@@ -69,7 +69,9 @@ class Gallery(Protocol):
 
 
 def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    # Microseconds: identities are listed by creation time, and two enrolled in the same
+    # millisecond would otherwise come back in the random order of their ids.
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
 def new_id() -> str:
