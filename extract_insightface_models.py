@@ -42,6 +42,7 @@ import onnx
 from downloads import copy_into_cache, fetch
 from errors import ModelRepositoryError
 from model_graphs import prepare
+from settings import Settings
 from triton_service import (
     DETECTOR,
     MODEL_FILENAME,
@@ -247,7 +248,7 @@ def install_recognizer(data: bytes, name: str, output_dir: Path) -> dict:
     """Install one recognizer (e.g. from convert_to_onnx.py) next to the repository's detector."""
     model = PackedModel(RECOGNIZER, name, "model.onnx", None)
     info = install({RECOGNIZER: (model, data)}, output_dir, {"pack": "custom", "source": f"converted: {name}"})
-    write_model_configs(output_dir, native_onnxruntime=_native_onnxruntime())
+    write_model_configs(output_dir, native_onnxruntime=_native_onnxruntime(), settings=Settings())
     return info
 
 
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files, info = collect(args)
         installed = install(files, args.output_dir, info)
-        write_model_configs(args.output_dir, native_onnxruntime=_native_onnxruntime())
+        write_model_configs(args.output_dir, native_onnxruntime=_native_onnxruntime(), settings=Settings())
     except ModelRepositoryError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1

@@ -32,8 +32,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         model_path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         options = ort.SessionOptions()
-        # Two cores are shared by Triton, both models and the API: one intra-op thread
-        # per instance without busy-waiting beats ONNX Runtime's default thread pool.
+        # Two cores are shared by Triton, both models and the API: few intra-op threads
+        # (config parameter, see Settings) that sleep instead of spinning while they wait
+        # beat ONNX Runtime's default pool, whose spinning threads steal the other core.
         options.intra_op_num_threads = int(_parameter(config, "intra_op_threads", "1"))
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

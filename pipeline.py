@@ -83,9 +83,11 @@ class InferenceBackend(Protocol):
 
 
 # --------------------------------------------------------------------------- pure math
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+def letterbox(image: np.ndarray, size: int, out: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Fit `image` (H, W, 3) into a (size, size, 3) black canvas at the top-left, aspect kept.
 
+    `out`: an all-zero (size, size, 3) uint8 canvas to draw on (e.g. one row of a batch),
+    which saves a copy per image; a new one otherwise.
     Returns the canvas and the scale s such that canvas coordinates = s * image coordinates.
     """
     height, width = image.shape[:2]
@@ -94,9 +96,15 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     else:
         new_w, new_h = size, max(1, int(size * height / width))
     scale = new_h / height
-    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    canvas = np.zeros((size, size, 3), dtype=np.uint8) if out is None else out
     canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     return canvas, scale
+
+
+def fitted_canvas(image_hw: tuple[int, int], fit_sizes: Sequence[int], main_size: int) -> int:
+    """The smallest of `fit_sizes` (ascending) that holds an (H, W) image unshrunk, else `main_size`."""
+    longest = max(image_hw)
+    return next((size for size in fit_sizes if longest <= size), main_size)
 
 
 def to_nchw(images: np.ndarray, mean: float, std: float) -> np.ndarray:
@@ -310,26 +318,44 @@ class FacePipeline:
         self.settings = settings
         self.main_size = settings.detector_input_size
         self.extra_sizes = tuple(dict.fromkeys(s for s in settings.detector_extra_sizes if s != self.main_size))
-        for size in (self.main_size, *self.extra_sizes):
+        self.fit_sizes = tuple(sorted({s for s in settings.detector_fit_sizes if s < self.main_size}))
+        for size in (self.main_size, *self.extra_sizes, *self.fit_sizes):
             if size <= 0 or size % CANVAS_MULTIPLE:
                 raise ValueError(f"detector canvas {size} is not a positive multiple of {CANVAS_MULTIPLE}")
+
+    def canvases(self, image_hw: tuple[int, int]) -> tuple[int, tuple[int, ...]]:
+        """(main canvas, complementary canvases) for an image of this size.
+
+        The main canvas is the smallest configured one that holds the photo without shrinking
+        it (a 250 px photo does not need 640x640, which costs ~6x the compute), else the
+        largest. The complementary passes only run where the main canvas is more than twice
+        their size: faces too large for SCRFD's anchors only exist on a canvas much larger
+        than the face (a photo that fits a small canvas holds no face larger than it).
+        """
+        main = fitted_canvas(image_hw, self.fit_sizes, self.main_size)
+        return main, tuple(size for size in self.extra_sizes if 2 * size < main)
 
     async def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Faces in each (H, W, 3) RGB image, best score first, at most `max_faces`.
 
-        One detector call per canvas size carries all images; the calls run concurrently.
-        Faces from the main canvas are kept as found; the extra canvases only add faces
-        that overlap none of them.
+        One detector call per canvas size carries every image that uses it; the calls run
+        concurrently. Faces from an image's main canvas are kept as found; its complementary
+        canvases only add faces that overlap none of them.
         """
         if not images:
             return []
-        sizes = (self.main_size, *self.extra_sizes)
-        main, *extras = await asyncio.gather(*(self._detect_pass(images, size) for size in sizes))
+        plans = [self.canvases(image.shape[:2]) for image in images]
+        users: dict[int, list[int]] = {}
+        for index, (main, extras) in enumerate(plans):
+            for size in (main, *extras):
+                users.setdefault(size, []).append(index)
+        passes = await asyncio.gather(*(self._detect_pass([images[i] for i in users[s]], s) for s in users))
+        by_size = {size: dict(zip(users[size], found, strict=True)) for size, found in zip(users, passes, strict=True)}
         results = []
-        for i, image in enumerate(images):
-            found = main[i]
+        for index, (image, (main, extras)) in enumerate(zip(images, plans, strict=True)):
+            found = by_size[main][index]
             if extras:
-                extra = self._suppress(concat_detections([e[i] for e in extras]))
+                extra = self._suppress(concat_detections([by_size[size][index] for size in extras]))
                 found = add_missing_faces(found, extra, self.settings.nms_threshold).first(self.settings.max_faces)
             results.append(Detections(clip_boxes(found.boxes, image.shape[:2]), found.scores, found.landmarks))
         return results
@@ -347,8 +373,9 @@ class FacePipeline:
 
     @staticmethod
     def _prepare_canvases(images: Sequence[np.ndarray], size: int, binding):
-        canvases, scales = zip(*(letterbox(image, size) for image in images), strict=True)
-        return model_input(np.stack(canvases), binding, SCRFD_MEAN, SCRFD_STD), scales
+        batch = np.zeros((len(images), size, size, 3), np.uint8)
+        scales = [letterbox(image, size, out=canvas)[1] for image, canvas in zip(images, batch, strict=True)]
+        return model_input(batch, binding, SCRFD_MEAN, SCRFD_STD), scales
 
     def _suppress(self, found: Detections) -> Detections:
         if not len(found):

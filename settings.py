@@ -30,6 +30,19 @@ class Settings(BaseSettings):
     triton_timeout_s: float = Field(
         default=30.0, gt=0, description="upper bound for one call to Triton, seconds"
     )
+    # How Triton serves the models (written into config.pbtxt at start-up). Measured on two
+    # cores shared with the API (README, Performance): one instance per model; two threads for
+    # the detector (a single 640 request 19.6 -> 12.9 ms) and one for the recognizer (a second
+    # thread there cost throughput under load). Raise them on bigger machines.
+    detector_instances: int = Field(default=1, ge=1, description="Triton instances of the detector")
+    detector_threads: int = Field(default=2, ge=1, description="ONNX Runtime intra-op threads per detector instance")
+    recognizer_instances: int = Field(default=1, ge=1, description="Triton instances of the recognizer")
+    recognizer_threads: int = Field(
+        default=1, ge=1, description="ONNX Runtime intra-op threads per recognizer instance"
+    )
+    triton_queue_delay_us: int = Field(
+        default=500, ge=0, description="how long Triton's dynamic batcher waits to fill a batch, microseconds"
+    )
     triton_ready_timeout_s: float = Field(
         default=120.0, gt=0, description="how long start-up waits for Triton's models"
     )
@@ -64,6 +77,11 @@ class Settings(BaseSettings):
     detector_input_size: int = Field(
         default=640, description="long side of the main detector canvas (multiple of 32)"
     )
+    detector_fit_sizes: list[int] = Field(
+        default=[128, 256, 384, 512],
+        description="smaller canvases: a photo whose long side fits one runs on the smallest that holds it "
+        "instead of being enlarged to the main canvas; JSON list, [] = always the main canvas",
+    )
     detector_extra_sizes: list[int] = Field(
         default=[128],
         description="canvases of a complementary pass that adds faces the main canvas misses "
@@ -78,3 +96,9 @@ class Settings(BaseSettings):
         le=1,
         description="cosine at or above which two faces are called the same person",
     )
+
+    @property
+    def detector_canvases(self) -> list[int]:
+        """Every detector canvas side the pipeline may send, ascending (Triton warms each up)."""
+        main = self.detector_input_size
+        return sorted({main, *(s for s in self.detector_fit_sizes if s < main), *self.detector_extra_sizes})

@@ -51,13 +51,24 @@ ONNX_TO_TRITON_DTYPE = {
     onnx.TensorProto.BOOL: "TYPE_BOOL",
 }
 
-# Per-model serving defaults. The recognizer gets a larger batch because one group
-# photo sends all its faces at once; the client splits bigger batches.
-MODEL_TUNING: dict[str, dict[str, int]] = {
-    DETECTOR: {"max_batch_size": 8, "max_queue_delay_us": 500, "instances": 1, "threads": 1},
-    RECOGNIZER: {"max_batch_size": 32, "max_queue_delay_us": 500, "instances": 1, "threads": 1},
-}
-DEFAULT_TUNING = {"max_batch_size": 8, "max_queue_delay_us": 500, "instances": 1, "threads": 1}
+# Largest batch per model. The recognizer's is larger because one group photo sends all
+# its faces at once; the client splits bigger batches.
+MAX_BATCH_SIZE: dict[str, int] = {DETECTOR: 8, RECOGNIZER: 32}
+DEFAULT_MAX_BATCH_SIZE = 8
+
+
+def model_tuning(name: str, settings: Settings) -> dict[str, int]:
+    """How Triton serves one model: batch limit, batcher delay, instances and ONNX Runtime threads."""
+    instances, threads = {
+        DETECTOR: (settings.detector_instances, settings.detector_threads),
+        RECOGNIZER: (settings.recognizer_instances, settings.recognizer_threads),
+    }.get(name, (1, 1))
+    return {
+        "max_batch_size": MAX_BATCH_SIZE.get(name, DEFAULT_MAX_BATCH_SIZE),
+        "max_queue_delay_us": settings.triton_queue_delay_us,
+        "instances": instances,
+        "threads": threads,
+    }
 
 
 # --------------------------------------------------------------------------- ONNX signatures
@@ -108,8 +119,13 @@ def render_config(
     native_onnxruntime: bool,
     tuning: Mapping[str, int],
     parameters: Mapping[str, str] | None = None,
+    warmup_sizes: Sequence[int] = (),
 ) -> str:
-    """Text of `config.pbtxt` for one ONNX model with a dynamic leading batch dimension."""
+    """Text of `config.pbtxt` for one ONNX model with a dynamic leading batch dimension.
+
+    `warmup_sizes`: the sides a model with dynamic spatial dimensions (the detector) is
+    warmed up at, one zero image each, before Triton calls it ready.
+    """
     lines = [f'name: "{name}"']
     if native_onnxruntime:
         lines += ['platform: "onnxruntime_onnx"', f'default_model_filename: "{MODEL_FILENAME}"']
@@ -123,6 +139,7 @@ def render_config(
         lines.append(f"{section} [\n" + ",\n".join(entries) + "\n]")
     lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {tuning['max_queue_delay_us']} }}")
     lines.append(f"instance_group [ {{ count: {tuning['instances']} kind: KIND_CPU }} ]")
+    lines += _warmup_lines(signature, warmup_sizes)
     params = dict(parameters or {})
     threads = str(tuning["threads"])
     if native_onnxruntime:
@@ -133,6 +150,26 @@ def render_config(
         escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
         lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{escaped}" }} }}')
     return "\n".join(lines) + "\n"
+
+
+def _warmup_lines(signature: OnnxSignature, sizes: Sequence[int]) -> list[str]:
+    """`model_warmup`: a zero batch of 1 per input shape the API will send.
+
+    ONNX Runtime's first run of each shape plans its memory (several times a normal call),
+    so without it the first request of every canvas size is slow.
+    """
+    if len(signature.inputs) != 1:
+        return []
+    [spec] = signature.inputs
+    dims = spec.shape[1:]
+    fixed = all(d > 0 for d in dims)
+    shapes = [dims] if fixed else [tuple(size if d <= 0 else d for d in dims) for size in sizes]
+    entries = [
+        f'  {{ name: "{spec.name}_{"x".join(map(str, shape))}" batch_size: 1 inputs {{ key: "{spec.name}" '
+        f"value: {{ data_type: {spec.dtype} dims: [ {', '.join(map(str, shape))} ] zero_data: true }} }} }}"
+        for shape in dict.fromkeys(shapes)
+    ]
+    return ["model_warmup [\n" + ",\n".join(entries) + "\n]"] if entries else []
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -163,8 +200,12 @@ def _model_parameters(repo: Path, name: str) -> dict[str, str]:
     return params
 
 
-def write_model_configs(repo: Path, *, native_onnxruntime: bool) -> list[Path]:
-    """Generate `config.pbtxt` (and the Python backend's `model.py`) for each model in `repo`."""
+def write_model_configs(repo: Path, *, native_onnxruntime: bool, settings: Settings) -> list[Path]:
+    """Generate `config.pbtxt` (and the Python backend's `model.py`) for each model in `repo`.
+
+    Tuning (instances, threads, batcher delay) comes from `settings`, and the detector is
+    warmed up at every canvas the pipeline uses (`Settings.detector_canvases`).
+    """
     written = []
     model_files = sorted(repo.glob(f"*/*/{MODEL_FILENAME}"))
     if not model_files:
@@ -178,8 +219,9 @@ def write_model_configs(repo: Path, *, native_onnxruntime: bool) -> list[Path]:
             name,
             read_onnx_signature(model_file),
             native_onnxruntime=native_onnxruntime,
-            tuning=MODEL_TUNING.get(name, DEFAULT_TUNING),
+            tuning=model_tuning(name, settings),
             parameters=_model_parameters(repo, name),
+            warmup_sizes=settings.detector_canvases,
         )
         atomic_write(model_file.parent.parent / "config.pbtxt", text)
         python_model = model_file.parent / "model.py"
@@ -241,8 +283,15 @@ def prepare_backend_dir(install: TritonInstall, dest: Path) -> Path:
     return dest
 
 
+# glibc hands every freed block above its mmap threshold back to the kernel, so each request's
+# multi-megabyte tensors page-fault in afresh (zeroed page by page). Keeping them in the heap
+# cut the API's CPU per image by a fifth (README, Performance). Docker/start.sh sets the same
+# for the API; an operator's own values win.
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+
+
 def server_environment(install: TritonInstall, base: Mapping[str, str]) -> dict[str, str]:
-    env = dict(base)
+    env = MALLOC_TUNING | dict(base)
     if install.library_dirs:
         paths = [str(p) for p in install.library_dirs] + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
         env["LD_LIBRARY_PATH"] = ":".join(paths)
@@ -277,7 +326,7 @@ def prepare_server(settings: Settings, repo: Path | None = None) -> tuple[list[s
     """Generate configs for this installation and return (argv, env) to start Triton."""
     repo = repo or settings.triton_repo
     install = find_triton_install()
-    write_model_configs(repo, native_onnxruntime=install.native_onnxruntime)
+    write_model_configs(repo, native_onnxruntime=install.native_onnxruntime, settings=settings)
     backend_dir = prepare_backend_dir(install, PROJECT_ROOT / ".triton_backends")
     return server_command(install, backend_dir, repo, settings), server_environment(install, os.environ)
 
@@ -453,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "generate-configs":
             install = find_triton_install()
-            for path in write_model_configs(repo, native_onnxruntime=install.native_onnxruntime):
+            for path in write_model_configs(repo, native_onnxruntime=install.native_onnxruntime, settings=settings):
                 print(f"wrote {path}")
         elif args.command == "serve":
             argv_, env = prepare_server(settings, repo)

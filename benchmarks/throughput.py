@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -76,7 +77,10 @@ def reference_pipeline():
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         _, landmarks = detector.detect(image, max_num=1)
         if landmarks is not None and len(landmarks):
-            recognizer.get_feat([face_align.norm_crop(image, landmarks[0])])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # skimage's estimate() deprecation
+                crop = face_align.norm_crop(image, landmarks[0])
+            recognizer.get_feat([crop])
 
     return run
 
@@ -154,14 +158,15 @@ def plot(rows: dict, reference: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    levels = sorted({c for results in rows.values() for c in results})
     for endpoint, results in rows.items():
-        left.plot(CONCURRENCY, [results[c]["images_per_s"] for c in CONCURRENCY], marker="o", label=endpoint)
-        right.plot(CONCURRENCY, [results[c]["p95_ms"] for c in CONCURRENCY], marker="o", label=endpoint)
+        left.plot(list(results), [r["images_per_s"] for r in results.values()], marker="o", label=endpoint)
+        right.plot(list(results), [r["p95_ms"] for r in results.values()], marker="o", label=endpoint)
     left.axhline(reference["images_per_s"], color="gray", linestyle="--", label="InsightFace in-process")
     right.axhline(reference["p95_ms"], color="gray", linestyle="--", label="InsightFace in-process")
     for axis, title in ((left, "throughput (images/s)"), (right, "p95 latency (ms)")):
         axis.set_xscale("log", base=2)
-        axis.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
+        axis.set_xticks(levels, [str(c) for c in levels])
         axis.set_xlabel("concurrent clients")
         axis.set_title(title)
         axis.grid(alpha=0.3)
@@ -177,14 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lfw", type=Path, default=Path(__file__).resolve().parents[2] / "shared/datasets/lfw-devtest")
     parser.add_argument("--seconds", type=float, default=15.0, help="per measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY), help="client counts")
+    parser.add_argument("--endpoints", nargs="+", default=["/embedding", "/face-similarity"])
     args = parser.parse_args(argv)
     photos = photo_mix(args.lfw)
     run = reference_pipeline()
     for _, data in photos[:3]:
         run(data)  # warm-up
-    reference_rounds, rows = [], {"/embedding": {}, "/face-similarity": {}}
+    reference_rounds, rows = [], {endpoint: {} for endpoint in args.endpoints}
     for endpoint in rows:
-        for concurrency in CONCURRENCY:
+        for concurrency in args.concurrency:
             reference_rounds.append(reference_round(run, photos, args.seconds / 3))  # alternate with the service
             rows[endpoint][concurrency] = asyncio.run(
                 service_round(args.url, endpoint, photos, concurrency, args.seconds)

@@ -140,3 +140,13 @@ def test_decode_image_rejects_animations() -> None:
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
     with pytest.raises(InvalidImage, match="animated"):
         decode_image(data, max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_decode_image_gives_pillows_pixels_for_jpeg(mode: str) -> None:
+    # JPEGs take OpenCV's decoder (fewer copies); the pixels must be exactly Pillow's.
+    rng = np.random.default_rng(5)
+    noise = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).convert(mode)
+    data = encode(noise, "JPEG", quality=90)
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(decode_image(data, max_pixels=LIMIT), expected)

@@ -11,12 +11,13 @@ import pytest
 
 import extract_insightface_models as extract
 from errors import ModelRepositoryError
+from settings import Settings
 from triton_service import (
     DETECTOR,
-    MODEL_TUNING,
     RECOGNIZER,
     TritonInstall,
     find_triton_install,
+    model_tuning,
     prepare_backend_dir,
     read_onnx_signature,
     render_config,
@@ -60,7 +61,7 @@ def test_extract_makes_every_batch_dimension_dynamic(installed: Path) -> None:
 def test_generated_config_describes_a_batched_cpu_model(installed: Path) -> None:
     text = (installed / RECOGNIZER / "config.pbtxt").read_text()
     assert 'name: "fr_model"' in text
-    assert f"max_batch_size: {MODEL_TUNING[RECOGNIZER]['max_batch_size']}" in text
+    assert f"max_batch_size: {model_tuning(RECOGNIZER, Settings())['max_batch_size']}" in text
     assert 'name: "image" data_type: TYPE_UINT8 dims: [ 112, 112, 3 ]' in text
     assert 'data_type: TYPE_FP32 dims: [ 512 ]' in text
     assert "dynamic_batching" in text and "kind: KIND_CPU" in text
@@ -72,8 +73,8 @@ def test_generated_config_describes_a_batched_cpu_model(installed: Path) -> None
 
 def test_config_uses_the_native_onnxruntime_platform_when_available(installed: Path) -> None:
     signature = read_onnx_signature(installed / RECOGNIZER / "1" / "model.onnx")
-    native = render_config(RECOGNIZER, signature, native_onnxruntime=True, tuning=MODEL_TUNING[RECOGNIZER])
-    python = render_config(RECOGNIZER, signature, native_onnxruntime=False, tuning=MODEL_TUNING[RECOGNIZER])
+    native = render_config(RECOGNIZER, signature, native_onnxruntime=True, tuning=model_tuning(RECOGNIZER, Settings()))
+    python = render_config(RECOGNIZER, signature, native_onnxruntime=False, tuning=model_tuning(RECOGNIZER, Settings()))
     assert 'platform: "onnxruntime_onnx"' in native and "backend:" not in native
     assert 'backend: "python"' in python and "platform:" not in python
 
@@ -82,16 +83,38 @@ def test_write_model_configs_switches_the_python_model_file(installed: Path, tmp
     repo = tmp_path / "repo"
     (repo / RECOGNIZER / "1").mkdir(parents=True)
     (repo / RECOGNIZER / "1" / "model.onnx").write_bytes((installed / RECOGNIZER / "1" / "model.onnx").read_bytes())
-    write_model_configs(repo, native_onnxruntime=False)
+    write_model_configs(repo, native_onnxruntime=False, settings=Settings())
     assert (repo / RECOGNIZER / "1" / "model.py").is_file()
-    write_model_configs(repo, native_onnxruntime=True)
+    write_model_configs(repo, native_onnxruntime=True, settings=Settings())
     assert not (repo / RECOGNIZER / "1" / "model.py").exists()
     assert 'platform: "onnxruntime_onnx"' in (repo / RECOGNIZER / "config.pbtxt").read_text()
 
 
+def test_tuning_and_warm_up_come_from_the_settings(installed: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for name in (DETECTOR, RECOGNIZER):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.onnx").write_bytes((installed / name / "1" / "model.onnx").read_bytes())
+    settings = Settings(
+        detector_instances=2, detector_threads=3, triton_queue_delay_us=900,
+        detector_input_size=640, detector_fit_sizes=[256], detector_extra_sizes=[128],
+    )
+    write_model_configs(repo, native_onnxruntime=False, settings=settings)
+    detector = (repo / DETECTOR / "config.pbtxt").read_text()
+    assert "count: 2 kind: KIND_CPU" in detector
+    assert 'key: "intra_op_threads" value: { string_value: "3" }' in detector
+    assert "max_queue_delay_microseconds: 900" in detector
+    # one zero image per canvas the pipeline sends, so no first request pays ONNX Runtime's set-up
+    for side in (128, 256, 640):
+        assert f"dims: [ {side}, {side}, 3 ] zero_data: true" in detector
+    assert detector.count("zero_data") == 3
+    recognizer = (repo / RECOGNIZER / "config.pbtxt").read_text()
+    assert "count: 1 kind: KIND_CPU" in recognizer and "dims: [ 112, 112, 3 ] zero_data: true" in recognizer
+
+
 def test_write_model_configs_on_an_empty_repository_says_how_to_fill_it(tmp_path: Path) -> None:
     with pytest.raises(ModelRepositoryError, match="extract_insightface_models.py"):
-        write_model_configs(tmp_path, native_onnxruntime=False)
+        write_model_configs(tmp_path, native_onnxruntime=False, settings=Settings())
 
 
 def _wheel_with_wrong_pin(role: str) -> extract.Source:

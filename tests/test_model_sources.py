@@ -104,6 +104,43 @@ def test_a_recognizer_that_mixes_the_batch_is_refused() -> None:
         model_graphs.prepare(model, "recognizer")
 
 
+def prelu_model(slope: list[float]) -> onnx.ModelProto:
+    """x (N, C, 2, 2) -> PRelu(x) with one constant slope per channel (shape (C, 1, 1))."""
+    channels = len(slope)
+    image = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, 2, 2])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", channels, 2, 2])
+    slopes = helper.make_tensor("s", TensorProto.FLOAT, [channels, 1, 1], slope)
+    graph = helper.make_graph([helper.make_node("PRelu", ["x", "s"], ["y"])], "prelu", [image], [out], [slopes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize(
+    ("slope", "rewritten"),
+    [
+        ([0.25, 0.9], True),  # the usual leaky slopes
+        ([-0.83, 0.0], True),  # negative and zero slopes (w600k_mbf has both)
+        ([1.0, 1.0], True),  # the identity
+        ([0.5, 1.5], False),  # a slope above 1: Max(x, s*x) would be wrong, PRelu stays
+    ],
+)
+def test_prelu_becomes_max_only_where_it_is_exact(slope: list[float], rewritten: bool) -> None:
+    model = prelu_model(slope)
+    batch = np.random.default_rng(3).normal(0, 2, (3, len(slope), 2, 2)).astype(np.float32)
+    expected = run(model, batch)[0]
+    changed = model_graphs.max_for_prelu(prelu_model(slope))
+    assert ("PRelu" not in {n.op_type for n in changed.graph.node}) == rewritten
+    np.testing.assert_array_equal(run(changed, batch)[0], expected)
+
+
+def test_installed_recognizer_has_no_prelu_and_the_same_embeddings() -> None:
+    prepared = model_graphs.prepare(onnx.load(str(MBF)), "recognizer")
+    assert "PRelu" not in {n.op_type for n in prepared.graph.node}
+    batch = np.random.default_rng(4).uniform(-1, 1, (2, 3, 112, 112)).astype(np.float32)
+    np.testing.assert_array_equal(run(prepared, batch)[0], run(onnx.load(str(MBF)), batch)[0])
+
+
 # --------------------------------------------------------------------------- release packs
 @pytest.fixture(scope="module")
 def fake_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, extract.Source]:

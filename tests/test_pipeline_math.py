@@ -292,23 +292,50 @@ class FakeBackend:
         return outputs
 
 
+PHOTO = np.zeros((1000, 1000, 3), np.uint8)  # larger than every fitted canvas: the 640 one + the 128 pass
+
+
 def test_pipeline_detects_all_images_in_one_detector_call_per_canvas() -> None:
     backend = FakeBackend({640})
-    found = asyncio.run(FacePipeline(backend, Settings()).detect([np.zeros((100, 100, 3), np.uint8)] * 2))
+    found = asyncio.run(FacePipeline(backend, Settings()).detect([PHOTO, PHOTO]))
     assert [len(f) for f in found] == [1, 1]
     assert sorted(shape for _, shape in backend.calls) == [(2, 3, 128, 128), (2, 3, 640, 640)]
 
 
 def test_pipeline_adds_a_face_only_the_small_canvas_finds() -> None:
     backend = FakeBackend({128})
-    found = asyncio.run(FacePipeline(backend, Settings()).detect([np.zeros((100, 100, 3), np.uint8)]))
+    found = asyncio.run(FacePipeline(backend, Settings()).detect([PHOTO]))
     assert len(found[0]) == 1
 
 
 def test_pipeline_without_extra_canvases_makes_one_call() -> None:
     backend = FakeBackend({640})
-    asyncio.run(FacePipeline(backend, Settings(detector_extra_sizes=[])).detect([np.zeros((50, 50, 3), np.uint8)]))
+    asyncio.run(FacePipeline(backend, Settings(detector_extra_sizes=[])).detect([PHOTO]))
     assert [shape for _, shape in backend.calls] == [(1, 3, 640, 640)]
+
+
+@pytest.mark.parametrize(
+    ("image_hw", "fit_sizes", "expected"),
+    [
+        ((150, 150), [128, 256, 384, 512], (256, ())),  # an LFW thumbnail: 256, not 640 (~6x less work)
+        ((128, 100), [128, 256, 384, 512], (128, ())),  # exactly a canvas side: that canvas
+        ((250, 250), [128, 256, 384, 512], (256, ())),  # no 128 pass: 256 is not more than twice 128
+        ((200, 300), [128, 256, 384, 512], (384, (128,))),  # the long side decides
+        ((1000, 1000), [128, 256, 384, 512], (640, (128,))),  # too large for every fitted canvas
+        ((150, 150), [], (640, (128,))),  # fitting off: always the main canvas, as InsightFace does
+    ],
+)
+def test_canvas_plan_fits_the_photo(image_hw: tuple[int, int], fit_sizes: list[int], expected) -> None:
+    pipeline = FacePipeline(FakeBackend(set()), Settings(detector_fit_sizes=fit_sizes))
+    assert pipeline.canvases(image_hw) == expected
+
+
+def test_pipeline_sends_each_canvas_size_its_own_call() -> None:
+    backend = FakeBackend({256, 640})
+    thumbnail = np.zeros((150, 150, 3), np.uint8)
+    found = asyncio.run(FacePipeline(backend, Settings()).detect([thumbnail, PHOTO, thumbnail]))
+    assert [len(f) for f in found] == [1, 1, 1]
+    assert sorted(shape for _, shape in backend.calls) == [(1, 3, 128, 128), (1, 3, 640, 640), (2, 3, 256, 256)]
 
 
 def test_pipeline_names_the_image_without_a_face() -> None:

