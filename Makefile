@@ -40,3 +40,13 @@ test: $(VENV)/.dev-installed models lint
 clean:
 	rm -rf $(VENV) .triton_backends .pytest_cache .ruff_cache
 	find $(REPO) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+
+# SQLite gallery (GALLERY_DB) backups; safe while the API runs. `make backup [TO=file]`, `make restore FROM=file`.
+# No dependency on the venv stamp: an operations command must not start a pip install on a server.
+.PHONY: backup restore
+backup:
+	$(PY) gallery_backup.py backup $(if $(TO),--to "$(TO)")
+
+restore:
+	@test -n "$(FROM)" || { echo "usage: make restore FROM=backups/gallery-<UTC time>.db" >&2; exit 1; }
+	$(PY) gallery_backup.py restore --from "$(FROM)"

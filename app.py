@@ -7,21 +7,26 @@ Every inference goes through `pipeline.FacePipeline` to Triton.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+import numpy as np
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from annotate import JPEG_MEDIA_TYPE, OPENAPI_JPEG_RESPONSE, annotated_jpeg, encode_png
 from errors import ImageTooLarge, InferenceUnavailable, InvalidImage, ModelRepositoryError, NoFaceDetected
 from gallery import IdentityNotFound, open_gallery
-from gallery_api import NoUsableFace, SameIdentity, read_image
+from gallery_api import Error, NoUsableFace, SameIdentity, Unprocessable, read_image
 from gallery_api import router as gallery_router
-from pipeline import Detections, FacePipeline, cosine_similarity
+from pipeline import Detections, FacePipeline, align_faces, cosine_similarity
 from settings import Settings
 from triton_service import DETECTOR, RECOGNIZER, TritonClient
 
@@ -38,13 +43,10 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ModelRepositoryError: 503,
 }
 RETRY_AFTER_S = "5"
+UI_DIR = Path(__file__).resolve().parent / "ui"  # the demo page (GET /ui): static files, no build step
 
 
 # --------------------------------------------------------------------------- schemas
-class Error(BaseModel):
-    detail: str = Field(examples=["no face was detected in the image"])
-
-
 class Face(BaseModel):
     bbox: list[float] = Field(description="x1, y1, x2, y2 in image pixels", examples=[[152.1, 96.4, 261.0, 240.3]])
     score: float = Field(description="detector confidence in [0, 1]", examples=[0.87])
@@ -58,6 +60,13 @@ class DetectResponse(BaseModel):
     width: int = Field(examples=[640])
     height: int = Field(examples=[480])
     faces: list[Face]
+    # Present only when the cap was hit, so an ordinary answer keeps its three fields.
+    capped: bool | None = Field(
+        default=None,
+        description="only when the per-image limit was reached: true, `faces` holds the `max_faces` "
+        "best-scoring faces and the photo may hold more",
+    )
+    max_faces: int | None = Field(default=None, description="the per-image limit (MAX_FACES), only with capped")
 
 
 class EmbeddingResponse(BaseModel):
@@ -71,6 +80,12 @@ class SimilarityResponse(BaseModel):
     threshold: float = Field(description="similarity >= threshold means the same person", examples=[0.25])
     face_a: Face
     face_b: Face
+    aligned_a: str | None = Field(
+        default=None,
+        description="only with include_aligned=true: the aligned crop of face_a that the model embedded, "
+        "as a data:image/png;base64 URL",
+    )
+    aligned_b: str | None = Field(default=None, description="only with include_aligned=true: the same for face_b")
 
 
 class Health(BaseModel):
@@ -130,7 +145,7 @@ def served_model(config: dict) -> ServedModel:
 ERROR_RESPONSES = {
     400: {"model": Error, "description": "not a decodable image"},
     413: {"model": Error, "description": "upload above the byte or pixel limit"},
-    422: {"description": "no face found, or a field missing or invalid"},
+    422: {"model": Unprocessable, "description": "no face found, or a field missing or invalid"},
     503: {"model": Error, "description": "Triton unavailable or timed out (see Retry-After)"},
 }
 
@@ -146,12 +161,30 @@ def faces_json(found: Detections) -> list[Face]:
     ]
 
 
+async def aligned_crops(
+    pipeline: FacePipeline, images: Sequence[np.ndarray], faces: Sequence[Detections]
+) -> list[str]:
+    """PNG data URLs of each image's first face, warped as the pipeline warps it for the recognizer."""
+    size = await pipeline.crop_size()
+
+    def urls() -> list[str]:
+        crops = [align_faces(image, face.landmarks, size)[0] for image, face in zip(images, faces, strict=True)]
+        return ["data:image/png;base64," + base64.b64encode(encode_png(crop)).decode("ascii") for crop in crops]
+
+    return await asyncio.to_thread(urls)
+
+
 # --------------------------------------------------------------------------- request-size guard
+# Without it the server answers 413 but keeps reading (and discarding) the rest of the body.
+CLOSE_CONNECTION = {"Connection": "close"}
+
+
 class BodySizeLimit:
     """Refuse request bodies above `max_bytes` before they are read into memory.
 
     A declared Content-Length is checked up front; a chunked body is counted as it
-    streams and cut off with 413 as soon as it passes the limit.
+    streams and cut off with 413 as soon as it passes the limit. Either way the 413
+    closes the connection, so a client streaming gigabytes is cut off, not drained.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -164,7 +197,7 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse({"detail": self._message()}, status_code=413)
+            response = JSONResponse({"detail": self._message()}, status_code=413, headers=CLOSE_CONNECTION)
             await response(scope, receive, send)
             return
         received = 0
@@ -175,7 +208,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise HTTPException(status_code=413, detail=self._message())
+                    raise HTTPException(status_code=413, detail=self._message(), headers=CLOSE_CONNECTION)
             return message
 
         await self.app(scope, counting_receive, send)
@@ -223,6 +256,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     _install_routes(app, settings)
     app.include_router(gallery_router)
+    if UI_DIR.is_dir():  # html=True serves index.html at /ui/ (GET /ui redirects there)
+        app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app
 
 
@@ -295,12 +330,26 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         response_model=DetectResponse,
         tags=["faces"],
         summary="Find every face: box, score and five landmarks",
-        responses=ERROR_RESPONSES,
+        responses={**ERROR_RESPONSES, **OPENAPI_JPEG_RESPONSE},
+        response_model_exclude_none=True,  # capped/max_faces only when the limit was reached
     )
-    async def detect(pipeline: PipelineDep, image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP…")]):
+    async def detect(
+        pipeline: PipelineDep,
+        image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP…")],
+        annotate: Annotated[bool, Query(description="answer with the photo as a JPEG, faces drawn")] = False,
+    ):
         pixels = await read_image(image, settings)
         [found] = await pipeline.detect([pixels])
-        return DetectResponse(width=pixels.shape[1], height=pixels.shape[0], faces=faces_json(found))
+        if annotate:
+            return Response(await asyncio.to_thread(annotated_jpeg, pixels, found), media_type=JPEG_MEDIA_TYPE)
+        capped = len(found) >= settings.max_faces
+        return DetectResponse(
+            width=pixels.shape[1],
+            height=pixels.shape[0],
+            faces=faces_json(found),
+            capped=True if capped else None,
+            max_faces=settings.max_faces if capped else None,
+        )
 
     @app.post(
         "/embedding",
@@ -320,19 +369,26 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         tags=["faces"],
         summary="Compare the main faces of two photos",
         responses=ERROR_RESPONSES,
+        response_model_exclude_none=True,  # aligned_a/b only when asked for
     )
     async def face_similarity(
         pipeline: PipelineDep,
         image_a: Annotated[UploadFile, File(description="first photo")],
         image_b: Annotated[UploadFile, File(description="second photo")],
+        include_aligned: Annotated[
+            bool, Query(description="add the two aligned crops the model embedded (aligned_a, aligned_b)")
+        ] = False,
     ):
         pixels = await asyncio.gather(read_image(image_a, settings), read_image(image_b, settings))
         (face_a, vec_a), (face_b, vec_b) = await pipeline.primary_embeddings(pixels, labels=("image_a", "image_b"))
         similarity = cosine_similarity(vec_a, vec_b)
+        crops = await aligned_crops(pipeline, pixels, (face_a, face_b)) if include_aligned else [None, None]
         return SimilarityResponse(
             similarity=round(similarity, 6),
             same_person=similarity >= settings.similarity_threshold,
             threshold=settings.similarity_threshold,
             face_a=faces_json(face_a)[0],
             face_b=faces_json(face_b)[0],
+            aligned_a=crops[0],
+            aligned_b=crops[1],
         )

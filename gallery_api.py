@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
+from annotate import JPEG_MEDIA_TYPE, KNOWN_COLOUR, OPENAPI_JPEG_RESPONSE, UNKNOWN_COLOUR, annotated_jpeg
 from errors import FaceServiceError, ImageTooLarge, InvalidImage
 from gallery import Gallery, Identity, Match
 from imaging import read_upload
@@ -26,6 +27,34 @@ API_KEY_HEADER = "X-API-Key"
 
 
 # --------------------------------------------------------------------------- schemas
+class Error(BaseModel):
+    """Every error answer of the service: one message for the client."""
+
+    detail: str = Field(examples=["no face was detected in the image"])
+
+
+class Unprocessable(BaseModel):
+    """422: the service's own message, or FastAPI's list of the fields that failed validation."""
+
+    detail: str | list[dict[str, Any]] = Field(examples=["no face was detected in the image"])
+
+
+# What each status means on the gallery routes; `error_responses(...)` picks a route's own.
+GALLERY_ERRORS: dict[int, dict[str, Any]] = {
+    400: {"model": Error, "description": "a body that cannot be parsed (DELETE /identities: confirm=true missing)"},
+    401: {"model": Error, "description": "missing or wrong X-API-Key (only when API_KEY is set)"},
+    404: {"model": Error, "description": "no identity with this id"},
+    413: {"model": Error, "description": "too many images, or an upload above the byte limit"},
+    422: {"model": Unprocessable, "description": "no usable face, or a field missing or invalid"},
+    503: {"model": Error, "description": "Triton unavailable or timed out (see Retry-After)"},
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of one route (OpenAPI `responses`)."""
+    return {code: GALLERY_ERRORS[code] for code in codes}
+
+
 class Rejected(BaseModel):
     index: int = Field(description="position of the image in the request", examples=[1])
     reason: str = Field(examples=["more than one face (3) in the image"])
@@ -195,7 +224,7 @@ router = APIRouter(tags=["gallery"])
 
 
 @router.post("/identities", status_code=201, response_model=EnrollResponse, dependencies=[WriteKey],
-             summary="Enroll a person from one or more photos")
+             responses=error_responses(400, 401, 413, 422, 503), summary="Enroll a person from one or more photos")
 async def enroll(
     gallery: GalleryDep,
     pipeline: PipelineDep,
@@ -210,7 +239,8 @@ async def enroll(
     return EnrollResponse(id=identity.id, name=identity.name, num_faces=identity.num_faces, rejected=rejected)
 
 
-@router.get("/identities", response_model=IdentityList, dependencies=[ReadKey], summary="List enrolled people")
+@router.get("/identities", response_model=IdentityList, dependencies=[ReadKey],
+            responses=error_responses(401, 422), summary="List enrolled people")
 async def list_identities(
     gallery: GalleryDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -220,19 +250,20 @@ async def list_identities(
     return IdentityList(total=total, identities=[identity_out(p) for p in people])
 
 
-@router.get("/identities/{identity_id}", response_model=IdentityOut, dependencies=[ReadKey])
+@router.get("/identities/{identity_id}", response_model=IdentityOut, dependencies=[ReadKey],
+            responses=error_responses(401, 404, 422))
 async def get_identity(gallery: GalleryDep, identity_id: str) -> IdentityOut:
     return identity_out(await asyncio.to_thread(gallery.get, identity_id))
 
 
 @router.patch("/identities/{identity_id}", response_model=IdentityOut, dependencies=[WriteKey],
-              summary="Rename a person or replace their metadata")
+              responses=error_responses(400, 401, 404, 422), summary="Rename a person or replace their metadata")
 async def patch_identity(gallery: GalleryDep, identity_id: str, patch: IdentityPatch) -> IdentityOut:
     return identity_out(await asyncio.to_thread(gallery.update, identity_id, patch.name, patch.metadata))
 
 
 @router.post("/identities/{identity_id}/faces", response_model=EnrollResponse, dependencies=[WriteKey],
-             summary="Add photos to a person")
+             responses=error_responses(400, 401, 404, 413, 422, 503), summary="Add photos to a person")
 async def add_faces(
     gallery: GalleryDep, pipeline: PipelineDep, settings: SettingsDep, identity_id: str, images: Images
 ) -> EnrollResponse:
@@ -243,6 +274,7 @@ async def add_faces(
 
 
 @router.post("/identities/{identity_id}/merge", response_model=IdentityOut, dependencies=[WriteKey],
+             responses=error_responses(400, 401, 404, 422),
              summary="Move another entry's faces into this person and delete that entry")
 async def merge(gallery: GalleryDep, identity_id: str, source_id: Annotated[str, Form()]) -> IdentityOut:
     if source_id == identity_id:
@@ -250,14 +282,15 @@ async def merge(gallery: GalleryDep, identity_id: str, source_id: Annotated[str,
     return identity_out(await asyncio.to_thread(gallery.merge, identity_id, source_id))
 
 
-@router.delete("/identities/{identity_id}", response_model=Deleted, dependencies=[WriteKey])
+@router.delete("/identities/{identity_id}", response_model=Deleted, dependencies=[WriteKey],
+               responses=error_responses(401, 404, 422))
 async def delete_identity(gallery: GalleryDep, identity_id: str) -> Deleted:
     await asyncio.to_thread(gallery.delete, identity_id)
     return Deleted(deleted=1)
 
 
 @router.delete("/identities", response_model=Deleted, dependencies=[WriteKey],
-               summary="Delete everyone (needs confirm=true)")
+               responses=error_responses(400, 401, 422), summary="Delete everyone (needs confirm=true)")
 async def delete_all(gallery: GalleryDep, confirm: bool = False) -> Deleted:
     if not confirm:
         raise HTTPException(status_code=400, detail="deleting every identity needs ?confirm=true; nothing was deleted")
@@ -265,6 +298,7 @@ async def delete_all(gallery: GalleryDep, confirm: bool = False) -> Deleted:
 
 
 @router.post("/identify", response_model=IdentifyResponse, dependencies=[ReadKey],
+             responses={**OPENAPI_JPEG_RESPONSE, **error_responses(400, 401, 413, 422, 503)},
              summary="Name every face in a photo, or call it unknown")
 async def identify(
     gallery: GalleryDep,
@@ -273,7 +307,8 @@ async def identify(
     image: Annotated[UploadFile, File(description="photo with one or more faces")],
     top_k: Annotated[int, Form(ge=1, le=100)] = 5,
     threshold: Annotated[float | None, Form(ge=-1, le=1)] = None,
-) -> IdentifyResponse:
+    annotate: Annotated[bool, Query(description="answer with the photo as a JPEG, names drawn")] = False,
+):
     cut = settings.identify_threshold if threshold is None else threshold
     pixels = await read_image(image, settings)
     [(found, embeddings)] = await pipeline.faces_with_embeddings([pixels])
@@ -287,4 +322,9 @@ async def identify(
             identity=match_out(best) if best else None,
             matches=[match_out(m) for m in candidates],
         ))
+    if annotate:
+        labels = [f"{f.identity.name} {f.identity.similarity:.2f}" if f.identity else "unknown" for f in faces]
+        colours = [KNOWN_COLOUR if f.identity else UNKNOWN_COLOUR for f in faces]
+        jpeg = await asyncio.to_thread(annotated_jpeg, pixels, found, labels, colours)
+        return Response(jpeg, media_type=JPEG_MEDIA_TYPE)
     return IdentifyResponse(width=pixels.shape[1], height=pixels.shape[0], threshold=cut, faces=faces)

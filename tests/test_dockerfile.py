@@ -26,3 +26,8 @@ def test_image_prepares_the_repository_and_starts_like_make_run() -> None:
 def test_image_copies_every_service_module_and_exposes_the_ports() -> None:
     assert "COPY *.py ./" in DOCKERFILE
     assert re.search(r"EXPOSE 8000 8001 8002 3000", DOCKERFILE)
+
+
+def test_image_carries_the_demo_page() -> None:
+    # app.py serves /ui from ui/ next to it; an image without the folder has no demo page.
+    assert "COPY ui ui" in DOCKERFILE

@@ -1,0 +1,159 @@
+// The demo page: plain fetch() calls to the API this page is served by (no build step, no libraries).
+"use strict";
+
+const API_KEY_HEADER = "X-API-Key";
+const KEY_STORAGE = "fr-triton-api-key"; // kept for the browser tab only (sessionStorage)
+const API_ROOT = new URL("..", document.baseURI); // the page lives at <api>/ui/
+
+const $ = (id) => document.getElementById(id);
+
+function headers() {
+  const key = $("api-key").value.trim();
+  return key ? { [API_KEY_HEADER]: key } : {};
+}
+
+// POST a form; resolves to the Response, or throws an Error carrying the API's `detail`.
+async function post(path, body) {
+  const response = await fetch(new URL(path, API_ROOT), { method: "POST", body, headers: headers() });
+  if (!response.ok) {
+    let detail = `${response.status} ${response.statusText}`;
+    try {
+      const payload = await response.json();
+      detail = typeof payload.detail === "string" ? payload.detail : JSON.stringify(payload.detail);
+    } catch {
+      // not JSON: keep the status line
+    }
+    if (response.status === 401) {
+      detail += " (enter the API key at the top of the page)";
+    }
+    throw new Error(detail);
+  }
+  return response;
+}
+
+function formWith(entries) {
+  const form = new FormData();
+  for (const [name, value] of entries) {
+    form.append(name, value);
+  }
+  return form;
+}
+
+// Show a JPEG answer in an <img>, releasing the previous one's memory.
+async function showBlob(img, response) {
+  const url = URL.createObjectURL(await response.blob());
+  if (img.dataset.objectUrl) {
+    URL.revokeObjectURL(img.dataset.objectUrl);
+  }
+  img.dataset.objectUrl = url;
+  await new Promise((resolve, reject) => {
+    img.onload = resolve;
+    img.onerror = () => reject(new Error("the answer is not a displayable image"));
+    img.src = url;
+  });
+}
+
+function loadImage(img, src) {
+  return new Promise((resolve, reject) => {
+    img.onload = resolve;
+    img.onerror = () => reject(new Error("the aligned face could not be displayed"));
+    img.src = src;
+  });
+}
+
+// Run `work` for a form: busy button, result shown on success, error text otherwise.
+function handle(formId, prefix, work) {
+  const form = $(formId);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = form.querySelector("button");
+    const error = $(`${prefix}-error`);
+    button.disabled = true;
+    error.hidden = true;
+    form.parentElement.setAttribute("aria-busy", "true");
+    try {
+      await work();
+      $(`${prefix}-result`).hidden = false;
+    } catch (failure) {
+      $(`${prefix}-result`).hidden = true;
+      error.textContent = failure.message;
+      error.hidden = false;
+    } finally {
+      button.disabled = false;
+      form.parentElement.setAttribute("aria-busy", "false");
+    }
+  });
+}
+
+handle("compare-form", "compare", async () => {
+  const form = formWith([["image_a", $("photo-a").files[0]], ["image_b", $("photo-b").files[0]]]);
+  const result = await (await post("face-similarity?include_aligned=true", form)).json();
+  await Promise.all([loadImage($("aligned-a"), result.aligned_a), loadImage($("aligned-b"), result.aligned_b)]);
+  $("similarity").textContent = result.similarity.toFixed(3);
+  const decision = $("decision");
+  decision.textContent = result.same_person ? "same person" : "different people";
+  decision.className = `decision ${result.same_person ? "same" : "different"}`;
+  $("threshold").textContent = `(same person at ≥ ${result.threshold})`;
+});
+
+handle("identify-form", "identify", async () => {
+  const file = $("identify-photo").files[0];
+  // Two calls: the drawn photo, and the JSON with every face's names and scores.
+  const [drawn, answer] = await Promise.all([
+    post("identify?annotate=true", formWith([["image", file]])),
+    post("identify", formWith([["image", file]])),
+  ]);
+  const result = await answer.json();
+  await showBlob($("identify-image"), drawn);
+  const list = $("identify-list");
+  list.replaceChildren(
+    ...result.faces.map((face) => {
+      const item = document.createElement("li");
+      const closest = face.matches[0];
+      item.textContent = face.identity
+        ? `${face.identity.name}: similarity ${face.identity.similarity.toFixed(3)}`
+        : closest
+          ? `unknown (closest: ${closest.name}, ${closest.similarity.toFixed(3)})`
+          : "unknown (nobody is enrolled)";
+      item.className = face.identity ? "known" : "unknown";
+      return item;
+    }),
+  );
+  if (!result.faces.length) {
+    const item = document.createElement("li");
+    item.textContent = "no face found";
+    list.append(item);
+  }
+});
+
+handle("detect-form", "detect", async () => {
+  const file = $("detect-photo").files[0];
+  const [drawn, answer] = await Promise.all([
+    post("detect?annotate=true", formWith([["image", file]])),
+    post("detect", formWith([["image", file]])),
+  ]);
+  const result = await answer.json();
+  await showBlob($("detect-image"), drawn);
+  $("detect-count").textContent = `${result.faces.length} face(s) in ${result.width}×${result.height} pixels`;
+});
+
+$("enroll-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const status = $("enroll-status");
+  const form = formWith([["name", $("enroll-name").value]]);
+  for (const file of $("enroll-photos").files) {
+    form.append("images", file);
+  }
+  status.textContent = "enrolling…";
+  try {
+    const person = await (await post("identities", form)).json();
+    const skipped = person.rejected.map((r) => `photo ${r.index + 1}: ${r.reason}`).join("; ");
+    status.textContent = `${person.name} enrolled from ${person.num_faces} photo(s)` + (skipped ? `; ${skipped}` : "");
+  } catch (failure) {
+    status.textContent = failure.message;
+  }
+});
+
+const keyInput = $("api-key");
+keyInput.value = sessionStorage.getItem(KEY_STORAGE) || "";
+keyInput.addEventListener("change", () => sessionStorage.setItem(KEY_STORAGE, keyInput.value.trim()));
