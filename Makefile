@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REPO ?= model_repository
 INSIGHTFACE_VERSION := 2.1
 
-.PHONY: run test lint models install dev clean
+.PHONY: run test lint models install dev clean triton api
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ models: $(REPO)/model_info.json
 # Triton + API in the foreground (Ctrl-C stops both); the same script the Docker image runs.
 run: $(VENV)/.installed models
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" TRITON_REPO="$(REPO)" Docker/start.sh
+
+# The two halves apart (model server and API server, e.g. on two machines):
+#   make triton                              Triton alone, on :8000/:8001/:8002
+#   make api TRITON_URL=host:8000            the API alone on :3000, against that Triton
+triton: $(VENV)/.installed models
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) triton_service.py serve --repo "$(REPO)"
+
+api: $(VENV)/.installed
+	@test -n "$(TRITON_URL)" || { echo "usage: make api TRITON_URL=host:8000 (a running Triton, e.g. make triton)" >&2; exit 1; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" TRITON_URL="$(TRITON_URL)" Docker/start.sh
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check .

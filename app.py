@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi import Depends, FastAPI, File, Query, Request, Response, UploadFile
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from annotate import JPEG_MEDIA_TYPE, OPENAPI_JPEG_RESPONSE, annotated_jpeg, encode_png
 from errors import ImageTooLarge, InferenceUnavailable, InvalidImage, ModelRepositoryError, NoFaceDetected
 from gallery import IdentityNotFound, open_gallery
 from gallery_api import Error, NoUsableFace, SameIdentity, Unprocessable, read_image
 from gallery_api import router as gallery_router
+from middleware import REQUEST_ID_HEADER, BodySizeLimit, InFlightLimit, RequestId, configure_logging
 from pipeline import Detections, FacePipeline, align_faces, cosine_similarity
 from settings import Settings
 from triton_service import DETECTOR, RECOGNIZER, TritonClient
@@ -174,49 +175,6 @@ async def aligned_crops(
     return await asyncio.to_thread(urls)
 
 
-# --------------------------------------------------------------------------- request-size guard
-# Without it the server answers 413 but keeps reading (and discarding) the rest of the body.
-CLOSE_CONNECTION = {"Connection": "close"}
-
-
-class BodySizeLimit:
-    """Refuse request bodies above `max_bytes` before they are read into memory.
-
-    A declared Content-Length is checked up front; a chunked body is counted as it
-    streams and cut off with 413 as soon as it passes the limit. Either way the 413
-    closes the connection, so a client streaming gigabytes is cut off, not drained.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse({"detail": self._message()}, status_code=413, headers=CLOSE_CONNECTION)
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def counting_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(status_code=413, detail=self._message(), headers=CLOSE_CONNECTION)
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-    def _message(self) -> str:
-        return f"request body larger than {self.max_bytes} bytes"
-
-
 # --------------------------------------------------------------------------- app factory
 def triton_address(settings: Settings) -> str:
     """host:port of Triton's HTTP endpoint (tritonclient wants no scheme)."""
@@ -252,7 +210,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    configure_logging(settings.log_json)
+    # Added innermost first: a request meets RequestId, CORS, InFlightLimit, BodySizeLimit.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, max_body_bytes=settings.max_request_bytes)
+    if settings.cors_origins:  # closed by default: no cross-origin browser access
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Content-Type", "X-API-Key", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        )
+    app.add_middleware(RequestId)
     _install_error_handlers(app)
     _install_routes(app, settings)
     app.include_router(gallery_router)
@@ -269,13 +239,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, status, error)
         return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
 
-    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)
-
     for cls in ERROR_STATUS:
         app.add_exception_handler(cls, domain_error)
-    app.add_exception_handler(Exception, unexpected_error)
 
 
 def get_pipeline(request: Request) -> FacePipeline:

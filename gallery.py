@@ -387,7 +387,8 @@ class SqliteGallery:
             return self._index
 
     def search(self, queries: np.ndarray, top_k: int) -> list[list[Match]]:
-        return self._current_index().search(queries, top_k, self.scoring)
+        with self._lock:  # writers patch the index in place: never read it half-patched
+            return self._current_index().search(queries, top_k, self.scoring)
 
     def face_count(self) -> int:
         with self._lock:

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, gt=0, description="whole request body, checked before it is read"
     )
     max_enroll_images: int = Field(default=10, gt=0, description="images per enrollment request")
+    max_in_flight: int = Field(
+        default=32, gt=0, description="requests worked on at once; more get 503 + Retry-After at once"
+    )
+    cors_origins: list[str] = Field(
+        default=[], description='browser origins allowed to call the API (JSON list, e.g. ["https://app.example"])'
+    )
+    log_json: bool = Field(default=False, description="log one JSON object per line (with request_id)")
 
     # --- Gallery (identification) ---------------------------------------------
     gallery_db: Path = PROJECT_ROOT / "data" / "gallery.db"

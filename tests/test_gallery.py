@@ -156,6 +156,37 @@ def test_concurrent_writers_lose_nothing(gallery: SqliteGallery) -> None:
     assert len(gallery.search(unit(0), 100)[0]) == 40
 
 
+def test_an_enrollment_waits_for_a_running_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by benchmarks/load.py: a search read the in-memory index while an enrollment was
+    # patching it (IndexError -> 500). Writers must wait until the search is done.
+    gallery = SqliteGallery(tmp_path / "g.db")
+    gallery.create("Ada", {}, unit(1))
+    inside, release = threading.Event(), threading.Event()
+    original = FaceIndex.search
+
+    def held_search(self: FaceIndex, *args, **kwargs):
+        inside.set()
+        release.wait(10)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FaceIndex, "search", held_search)
+    results: list = []
+    searcher = threading.Thread(target=lambda: results.append(gallery.search(unit(2), 5)))
+    writer = threading.Thread(target=gallery.create, args=("Bob", {}, unit(3)))
+    try:
+        searcher.start()
+        assert inside.wait(10)
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive(), "the enrollment changed the index while a search was reading it"
+    finally:
+        release.set()
+        searcher.join()
+        writer.join()
+        gallery.close()
+    assert [m.name for m in results[0][0]] == ["Ada"]
+
+
 def test_search_after_many_changes_equals_a_fresh_reader(backend) -> None:
     gallery = backend()
     a = gallery.create("A", {}, unit(1, 2))

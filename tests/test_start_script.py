@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -92,6 +93,34 @@ def test_start_script_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path
     finally:
         stop(process)
     assert not descendants_named(process.pid, "tritonserver")
+
+
+def test_sigterm_lets_requests_in_flight_finish_before_stopping(tmp_path: Path) -> None:
+    process, port, log = launch(tmp_path)
+    data = photo("t1.jpg").read_bytes()
+    finished: list[tuple[int, float]] = []
+
+    def detect() -> None:
+        try:
+            answer = httpx.post(f"http://127.0.0.1:{port}/detect", files={"image": ("t1.jpg", data)}, timeout=60)
+        except httpx.ConnectError:
+            return  # connected after the API stopped listening: never in flight
+        finished.append((answer.status_code, time.monotonic()))
+
+    try:
+        wait_ready(process, port, log)
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            for _ in range(16):  # ~0.7 s of work on two cores: most of it still queued at SIGTERM
+                pool.submit(detect)
+            time.sleep(0.2)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        stop(process)
+    # every request the API had taken was answered in full, including the ones after SIGTERM
+    assert finished and all(status == 200 for status, _ in finished), finished
+    assert any(at > signalled for _, at in finished), "nothing was in flight: the test proved nothing"
 
 
 def test_start_script_exits_non_zero_when_triton_dies(tmp_path: Path) -> None:

@@ -1,0 +1,168 @@
+"""Faults and load: Triton going away and coming back, back-pressure, request ids, CORS.
+
+Integration tests run a Triton of their own (so they can kill it) and the API pointed at it
+through TRITON_URL, the way `make api` runs against an external Triton.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app import create_app
+from conftest import ApiProcess, TritonProcess, model_repository, photo
+from settings import Settings
+
+pytestmark = pytest.mark.integration
+
+# A hang would show as the client's timeout; a dead Triton must be reported well before it.
+ANSWER_TIMEOUT_S = 15
+
+
+@pytest.fixture()
+def own_triton(tmp_path: Path) -> Iterator[TritonProcess]:
+    server = TritonProcess(model_repository(), tmp_path / "triton.log").start()
+    yield server
+    server.stop()
+
+
+def embed(client: httpx.Client, name: str = "t1.jpg") -> httpx.Response:
+    return client.post("/embedding", files={"image": (name, photo(name).read_bytes())})
+
+
+def test_api_answers_503_while_its_external_triton_is_gone_and_recovers_without_a_restart(
+    own_triton: TritonProcess, tmp_path: Path
+) -> None:
+    api = ApiProcess({"TRITON_URL": own_triton.url}, tmp_path / "api.log").start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=ANSWER_TIMEOUT_S) as client:
+            assert embed(client).status_code == 200
+            own_triton.process.kill()  # no goodbye: as if the machine went away
+            own_triton.process.wait()
+            down = embed(client)
+            assert down.status_code == 503, down.text
+            assert down.headers["Retry-After"] == "5" and "Triton" in down.json()["detail"]
+            ready = client.get("/ready")
+            assert ready.status_code == 503 and ready.json()["detail"]
+            assert client.get("/health").status_code == 200  # the API itself is alive
+            own_triton.start()  # same ports, like a restarted container
+            assert client.get("/ready").status_code == 200
+            back = embed(client)
+            assert back.status_code == 200 and len(back.json()["embedding"]) == 512
+    finally:
+        api.stop()
+
+
+def test_a_triton_that_stops_answering_costs_one_timeout_not_a_hang(
+    own_triton: TritonProcess, tmp_path: Path
+) -> None:
+    api = ApiProcess({"TRITON_URL": own_triton.url, "TRITON_TIMEOUT_S": "2"}, tmp_path / "api.log").start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=ANSWER_TIMEOUT_S) as client:
+            assert embed(client).status_code == 200
+            os.kill(own_triton.process.pid, signal.SIGSTOP)  # alive but silent: a hung model server
+            try:
+                stuck = embed(client)
+                assert stuck.status_code == 503 and "within 2 s" in stuck.json()["detail"]
+                assert stuck.headers["Retry-After"] == "5"
+            finally:
+                os.kill(own_triton.process.pid, signal.SIGCONT)
+            assert embed(client).status_code == 200
+    finally:
+        api.stop()
+
+
+def test_requests_beyond_the_in_flight_limit_get_503_with_retry_after(
+    triton: TritonProcess, tmp_path: Path
+) -> None:
+    api = ApiProcess({"TRITON_URL": triton.url, "MAX_IN_FLIGHT": "2"}, tmp_path / "api.log").start()
+    data = photo("t1.jpg").read_bytes()
+
+    def detect(_: int) -> httpx.Response:
+        return httpx.post(f"{api.url}/detect", files={"image": ("t1.jpg", data)}, timeout=60)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(detect, range(24)))
+        statuses = sorted({a.status_code for a in answers})
+        assert statuses == [200, 503], statuses
+        refused = next(a for a in answers if a.status_code == 503)
+        assert refused.headers["Retry-After"] == "1" and "busy" in refused.json()["detail"]
+        assert all(len(a.json()["faces"]) == 6 for a in answers if a.status_code == 200)
+        # probes are never refused, and once the burst is over the service works as before
+        assert httpx.get(f"{api.url}/ready").status_code == 200
+        assert detect(0).status_code == 200
+    finally:
+        api.stop()
+
+
+def test_every_answer_carries_a_request_id_that_the_logs_use_and_no_secret_is_logged(
+    triton: TritonProcess, tmp_path: Path
+) -> None:
+    key = "k3y-that-must-not-leak"
+    env = {"TRITON_URL": triton.url, "API_KEY": key, "API_KEY_READS": "true"}
+    api = ApiProcess(env, tmp_path / "api.log").start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=60) as client:
+            mine = client.get("/health", headers={"X-Request-ID": "client-trace-42"})
+            assert mine.headers["X-Request-ID"] == "client-trace-42"
+            forged = client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})
+            assert re.fullmatch(r"[0-9a-f]{32}", forged.headers["X-Request-ID"])
+            embedded = embed(client)
+            vector = embedded.json()["embedding"]
+            enrolled = client.post(
+                "/identities",
+                data={"name": "Yao"},
+                files={"images": ("y.jpg", photo("yaoming.jpg").read_bytes())},
+                headers={"X-API-Key": key},
+            )
+            assert enrolled.status_code == 201
+            refused = client.get("/identities", headers={"X-API-Key": "wrong"})
+            assert refused.status_code == 401 and refused.headers["X-Request-ID"]
+            down = client.post("/detect", files={"image": ("x.jpg", b"not an image")})
+            assert down.status_code == 400 and down.headers["X-Request-ID"]
+    finally:
+        api.stop()
+    log = (tmp_path / "api.log").read_text()
+    assert "[client-trace-42]" in log and f"[{embedded.headers['X-Request-ID']}]" in log
+    assert key not in log and "wrong" not in log
+    assert f"{vector[0]:.6f}"[:8] not in log  # no embedding values
+
+
+def test_cors_is_closed_by_default_and_opens_to_configured_origins() -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    closed = TestClient(create_app(Settings())).options("/embedding", headers=preflight)
+    assert "access-control-allow-origin" not in closed.headers
+    app = create_app(Settings(cors_origins=["https://app.example"]))
+    opened = TestClient(app).options("/embedding", headers=preflight)
+    assert opened.status_code == 200
+    assert opened.headers["access-control-allow-origin"] == "https://app.example"
+    other = TestClient(app).options("/embedding", headers={**preflight, "Origin": "https://evil.example"})
+    assert other.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_a_bug_answers_500_in_json_with_the_request_id_and_is_logged_with_it(caplog) -> None:
+    app = create_app(Settings())
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("bug")
+
+    service_log = logging.getLogger("frtriton")  # does not propagate: capture it directly
+    service_log.addHandler(caplog.handler)
+    try:
+        answer = TestClient(app, raise_server_exceptions=False).get("/boom", headers={"X-Request-ID": "trace-7"})
+    finally:
+        service_log.removeHandler(caplog.handler)
+    assert answer.status_code == 500 and answer.json() == {"detail": "internal server error"}
+    assert answer.headers["X-Request-ID"] == "trace-7"
+    assert any(getattr(r, "request_id", None) == "trace-7" and r.exc_info for r in caplog.records)
