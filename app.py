@@ -26,6 +26,7 @@ from errors import ImageTooLarge, InferenceUnavailable, InvalidImage, ModelRepos
 from gallery import IdentityNotFound, open_gallery
 from gallery_api import Error, NoUsableFace, SameIdentity, Unprocessable, read_image
 from gallery_api import router as gallery_router
+from metrics import GALLERY_FACES, GALLERY_IDENTITIES, HttpMetrics, exposition
 from middleware import REQUEST_ID_HEADER, BodySizeLimit, InFlightLimit, RequestId, configure_logging
 from pipeline import Detections, FacePipeline, align_faces, cosine_similarity
 from settings import Settings
@@ -211,7 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     configure_logging(settings.log_json)
-    # Added innermost first: a request meets RequestId, CORS, InFlightLimit, BodySizeLimit.
+    # Added innermost first: a request meets RequestId, HttpMetrics, CORS, InFlightLimit, BodySizeLimit.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight, max_body_bytes=settings.max_request_bytes)
     if settings.cors_origins:  # closed by default: no cross-origin browser access
@@ -222,6 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Content-Type", "X-API-Key", REQUEST_ID_HEADER],
             expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
         )
+    app.add_middleware(HttpMetrics)
     app.add_middleware(RequestId)
     _install_error_handlers(app)
     _install_routes(app, settings)
@@ -254,6 +256,21 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse("/docs")
+
+    @app.get(
+        "/metrics",
+        tags=["service"],
+        summary="Prometheus metrics of the API (Triton's own are on its port 8002)",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
+    async def prometheus_metrics(request: Request) -> Response:
+        gallery = request.app.state.gallery
+        identities, faces = await asyncio.to_thread(lambda: (gallery.list(1, 0)[0], gallery.face_count()))
+        GALLERY_IDENTITIES.set(identities)
+        GALLERY_FACES.set(faces)
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/health", response_model=Health, tags=["service"], summary="The API process is alive")
     async def health() -> Health:

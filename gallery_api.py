@@ -20,7 +20,8 @@ from annotate import JPEG_MEDIA_TYPE, KNOWN_COLOUR, OPENAPI_JPEG_RESPONSE, UNKNO
 from errors import FaceServiceError, ImageTooLarge, InvalidImage
 from gallery import Gallery, Identity, Match
 from imaging import read_upload
-from pipeline import FacePipeline, has_clear_subject, primary_face
+from pipeline import Detections, FacePipeline, align_faces, has_clear_subject, primary_face
+from quality import QualityLimits, face_quality, face_size, quality_problem
 from settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
@@ -187,19 +188,40 @@ async def usable_embeddings(
             rejected.append(Rejected(index=index, reason=error.message))
     vectors = []
     results = await pipeline.faces_with_embeddings(decoded) if decoded else []
+    crop_size = await pipeline.crop_size()
     for index, image, (found, embeddings) in zip(positions, decoded, results, strict=True):
-        if len(found) == 0:
-            rejected.append(Rejected(index=index, reason="no face detected"))
-            continue
-        if not has_clear_subject(found.boxes, image.shape[:2]):
-            reason = f"more than one face ({len(found)}) and none is clearly the subject: use a photo of the person"
-            rejected.append(Rejected(index=index, reason=reason))
-        else:
+        reason = enrollment_problem(image, found, settings, crop_size)
+        if reason is None:
             vectors.append(embeddings[primary_face(found.boxes, image.shape[:2])])
+        else:
+            rejected.append(Rejected(index=index, reason=reason))
     rejected.sort(key=lambda r: r.index)
     if not vectors:
         raise NoUsableFace(rejected)
     return np.stack(vectors), rejected
+
+
+def enrollment_problem(image: np.ndarray, found: Detections, settings: Settings, crop_size: int) -> str | None:
+    """Why the main face of one photo should not be enrolled, or None (quality.py's checks).
+
+    Several faces: refused when none is clearly the subject (a group photo); a portrait with
+    smaller, off-centre bystanders passes unless ENROLL_SINGLE_FACE_ONLY, which refuses any
+    second face of enrollable size.
+    """
+    if len(found) == 0:
+        return "no face detected"
+    if not has_clear_subject(found.boxes, image.shape[:2]):
+        return f"more than one face ({len(found)}) and none is clearly the subject: use a photo of the person"
+    if settings.enroll_single_face_only:
+        sizable = sum(face_size(points) >= settings.enroll_min_face_size for points in found.landmarks)
+        if sizable > 1:
+            return f"more than one face ({sizable}): use a photo of the person alone"
+    main = primary_face(found.boxes, image.shape[:2])
+    crop = align_faces(image, found.landmarks[main : main + 1], crop_size)[0]
+    limits = QualityLimits(
+        settings.enroll_min_face_size, settings.enroll_min_sharpness, settings.enroll_max_yaw, settings.enroll_max_pitch
+    )
+    return quality_problem(face_quality(found.landmarks[main], crop), limits)
 
 
 async def read_image(upload: UploadFile, settings: Settings) -> np.ndarray:

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from errors import NoFaceDetected
+from metrics import FACES_DETECTED
 from settings import Settings
 from triton_service import DETECTOR, RECOGNIZER
 
@@ -358,6 +359,7 @@ class FacePipeline:
                 extra = self._suppress(concat_detections([by_size[size][index] for size in extras]))
                 found = add_missing_faces(found, extra, self.settings.nms_threshold).first(self.settings.max_faces)
             results.append(Detections(clip_boxes(found.boxes, image.shape[:2]), found.scores, found.landmarks))
+        FACES_DETECTED.inc(sum(len(found) for found in results))
         return results
 
     async def _detect_pass(self, images: Sequence[np.ndarray], size: int) -> list[Detections]:

@@ -77,6 +77,24 @@ class Settings(BaseSettings):
     gallery_scoring: Literal["centroid", "best_sample"] = Field(
         default="centroid", description="score a person by the centroid of their samples or their best sample"
     )
+    # Enrollment quality (quality.py). Defaults from benchmarks/enroll_quality.py on the 3,097
+    # LFW dev-test photos (README, Identification): together they refuse 2.1 % of them (heads
+    # turned or tilted away), 97.5-100 % of the same photos blurred, 98.6-100 % shrunk 4x.
+    enroll_min_face_size: float = Field(
+        default=40.0, ge=0, description="enrolled faces: at least this many pixels wide"
+    )
+    enroll_min_sharpness: float = Field(
+        default=20.0, ge=0, description="enrolled faces: Laplacian variance of the 112x112 grey crop"
+    )
+    enroll_max_yaw: float = Field(default=0.45, ge=0, description="enrolled faces: nose off-centre, in eye distances")
+    enroll_max_pitch: float = Field(
+        default=0.3, ge=0, description="enrolled faces: nose height off the template's, in eye-to-mouth heights"
+    )
+    enroll_single_face_only: bool = Field(
+        default=False,
+        description="refuse any photo with a second face of enrollable size (default: only when no face "
+        "is clearly the subject)",
+    )
     api_key: str | None = Field(default=None, description="required in X-API-Key for gallery changes")
     api_key_reads: bool = Field(default=False, description="also require the key for gallery reads")
 

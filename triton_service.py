@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from errors import InferenceUnavailable, ModelRepositoryError
+from metrics import TRITON_SECONDS
 from settings import PROJECT_ROOT, Settings
 
 DETECTOR = "face_detector"
@@ -468,10 +469,15 @@ class TritonClient:
             tensor = aioclient.InferInput(binding.input_name, list(part.shape), _triton_dtype(part.dtype))
             tensor.set_data_from_numpy(part, binary_data=True)
             outputs = [aioclient.InferRequestedOutput(n, binary_data=True) for n in binding.output_names]
-            result = await self._call(
-                f"inference on {model}",
-                self._client.infer(model, [tensor], outputs=outputs, headers=dict(self._HEADERS)),
-            )
+            begin, outcome = time.perf_counter(), "error"
+            try:
+                result = await self._call(
+                    f"inference on {model}",
+                    self._client.infer(model, [tensor], outputs=outputs, headers=dict(self._HEADERS)),
+                )
+                outcome = "ok"
+            finally:
+                TRITON_SECONDS.labels(model, outcome).observe(time.perf_counter() - begin)
             chunks.append({n: result.as_numpy(n) for n in binding.output_names})
         if len(chunks) == 1:
             return chunks[0]
