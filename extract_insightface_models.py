@@ -41,18 +41,18 @@ import onnx
 
 from downloads import copy_into_cache, fetch
 from errors import ModelRepositoryError
-from model_graphs import prepare
-from settings import Settings
-from triton_service import (
+from model_config import (
     DETECTOR,
     MODEL_FILENAME,
     MODEL_INFO,
     RECOGNIZER,
     atomic_write,
-    find_triton_install,
     read_onnx_signature,
     write_model_configs,
 )
+from model_graphs import prepare
+from settings import Settings
+from triton_service import find_triton_install
 
 MODEL_VERSION = "1"
 RELEASE_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/{pack}.zip"

