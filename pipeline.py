@@ -320,7 +320,7 @@ class FacePipeline:
         self.main_size = settings.detector_input_size
         self.extra_sizes = tuple(dict.fromkeys(s for s in settings.detector_extra_sizes if s != self.main_size))
         self.fit_sizes = tuple(sorted({s for s in settings.detector_fit_sizes if s < self.main_size}))
-        for size in (self.main_size, *self.extra_sizes, *self.fit_sizes):
+        for size in settings.detector_canvases:  # every canvas Triton is warmed up at and sent
             if size <= 0 or size % CANVAS_MULTIPLE:
                 raise ValueError(f"detector canvas {size} is not a positive multiple of {CANVAS_MULTIPLE}")
 
