@@ -55,8 +55,8 @@ clean:
 # No dependency on the venv stamp: an operations command must not start a pip install on a server.
 .PHONY: backup restore
 backup:
-	$(PY) gallery_backup.py backup $(if $(TO),--to "$(TO)")
+	$(PY) -m gallery.backup backup $(if $(TO),--to "$(TO)")
 
 restore:
 	@test -n "$(FROM)" || { echo "usage: make restore FROM=backups/gallery-<UTC time>.db" >&2; exit 1; }
-	$(PY) gallery_backup.py restore --from "$(FROM)"
+	$(PY) -m gallery.backup restore --from "$(FROM)"

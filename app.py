@@ -21,16 +21,20 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from annotate import JPEG_MEDIA_TYPE, OPENAPI_JPEG_RESPONSE, annotated_jpeg, encode_png
+from api.gallery import Error, NoUsableFace, SameIdentity, Unprocessable, read_image
+from api.gallery import router as gallery_router
+from api.middleware import REQUEST_ID_HEADER, BodySizeLimit, InFlightLimit, RequestId
 from errors import ImageTooLarge, InferenceUnavailable, InvalidImage, ModelRepositoryError, NoFaceDetected
-from gallery import IdentityNotFound, open_gallery
-from gallery_api import Error, NoUsableFace, SameIdentity, Unprocessable, read_image
-from gallery_api import router as gallery_router
-from metrics import GALLERY_FACES, GALLERY_IDENTITIES, HttpMetrics, exposition
-from middleware import REQUEST_ID_HEADER, BodySizeLimit, InFlightLimit, RequestId, configure_logging
-from pipeline import Detections, FacePipeline, align_faces, cosine_similarity
+from gallery.factory import open_gallery
+from gallery.store import IdentityNotFound
+from imaging.draw import JPEG_MEDIA_TYPE, OPENAPI_JPEG_RESPONSE, annotated_jpeg, encode_png
+from pipeline import FacePipeline
 from settings import Settings
+from telemetry.logs import configure_logging
+from telemetry.metrics import GALLERY_FACES, GALLERY_IDENTITIES, HttpMetrics, exposition
 from triton_service import DETECTOR, RECOGNIZER, TritonClient
+from vision.alignment import align_faces, cosine_similarity
+from vision.detections import Detections
 
 log = logging.getLogger("frtriton")
 

@@ -271,7 +271,7 @@ def max_difference(model: nn.Module, path: Path, batch: int = 3, seed: int = 0) 
 
 def repository_of(onnx_path: Path) -> Path | None:
     """The model repository when `onnx_path` is `<repo>/fr_model/<version>/model.onnx`."""
-    from model_config import MODEL_FILENAME, MODEL_INFO, RECOGNIZER
+    from model_tools.triton_config import MODEL_FILENAME, MODEL_INFO, RECOGNIZER
 
     resolved = onnx_path.resolve()
     repo = resolved.parent.parent.parent
@@ -306,9 +306,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def install_into_repository(exported: Path, args: argparse.Namespace) -> None:
+    from model_tools.triton_config import atomic_write
+
     from errors import ModelRepositoryError
     from extract_insightface_models import install_recognizer
-    from model_config import atomic_write
 
     repo = repository_of(args.onnx_path)
     if repo is None:

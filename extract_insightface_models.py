@@ -39,9 +39,10 @@ from pathlib import Path, PurePosixPath
 
 import onnx
 
-from downloads import copy_into_cache, fetch
 from errors import ModelRepositoryError
-from model_config import (
+from model_tools.downloads import copy_into_cache, fetch
+from model_tools.graphs import prepare
+from model_tools.triton_config import (
     DETECTOR,
     MODEL_FILENAME,
     MODEL_INFO,
@@ -50,7 +51,6 @@ from model_config import (
     read_onnx_signature,
     write_model_configs,
 )
-from model_graphs import prepare
 from settings import Settings
 from triton_service import find_triton_install
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from errors import InferenceUnavailable, ModelRepositoryError
-from metrics import TRITON_SECONDS
-from model_config import DETECTOR, RECOGNIZER, write_model_configs
+from model_tools.triton_config import DETECTOR, RECOGNIZER, write_model_configs
 from settings import PROJECT_ROOT, Settings
+from telemetry.metrics import TRITON_SECONDS
 
 __all__ = ["DETECTOR", "RECOGNIZER", "TritonClient", "prepare_server", "wait_until_ready"]
 

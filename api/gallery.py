@@ -16,13 +16,15 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
-from annotate import JPEG_MEDIA_TYPE, KNOWN_COLOUR, OPENAPI_JPEG_RESPONSE, UNKNOWN_COLOUR, annotated_jpeg
 from errors import FaceServiceError, ImageTooLarge, InvalidImage
-from gallery import Gallery, Identity, Match
-from imaging import read_upload
-from pipeline import Detections, FacePipeline, align_faces, has_clear_subject, primary_face
-from quality import QualityLimits, face_quality, face_size, quality_problem
+from gallery.store import Gallery, Identity, Match
+from imaging.decode import read_upload
+from imaging.draw import JPEG_MEDIA_TYPE, KNOWN_COLOUR, OPENAPI_JPEG_RESPONSE, UNKNOWN_COLOUR, annotated_jpeg
+from pipeline import FacePipeline
 from settings import Settings
+from vision.alignment import align_faces
+from vision.detections import Detections, has_clear_subject, primary_face
+from vision.quality import QualityLimits, face_quality, face_size, quality_problem
 
 API_KEY_HEADER = "X-API-Key"
 

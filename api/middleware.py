@@ -1,4 +1,4 @@
-"""ASGI guards in front of every route, and the logging that goes with them.
+"""ASGI guards in front of every route.
 
 * `RequestId`: every request gets an id (the client's `X-Request-ID` when it is a sane
   token, else a new one); it is on the response and on every log line written while
@@ -8,26 +8,24 @@
   decoded photos would grow memory without limit.
 * `BodySizeLimit`: request bodies above the limit are refused before they are read.
 
-Log lines carry the method, path, status and messages written for the client; never an
-image, an embedding or a key (the access log has no headers and no bodies).
+The request id reaches every log line through `telemetry.logs.request_id`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
-from contextvars import ContextVar
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from telemetry.logs import request_id
+
 log = logging.getLogger("frtriton")
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # anything else (spaces, CR/LF, long) is replaced
-request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
 # Cheap routes that must answer even when the service is saturated (probes, docs, the page).
 UNLIMITED_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/ui")
@@ -160,48 +158,3 @@ class BodySizeLimit:
 
     def _message(self) -> str:
         return f"request body larger than {self.max_bytes} bytes"
-
-
-# --------------------------------------------------------------------------- logging
-class RequestIdFilter(logging.Filter):
-    """Adds `request_id` (the current request's, or "-") to every record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        return True
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, request_id, message."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname,
-            "logger": record.name,
-            "request_id": getattr(record, "request_id", "-"),
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-SERVICE_LOGGERS = ("frtriton", "uvicorn", "uvicorn.error", "uvicorn.access")
-
-
-def configure_logging(json_lines: bool) -> None:
-    """Send the service's and uvicorn's log records, with their request id, to stderr.
-
-    Called by the app factory, after uvicorn has set up its own handlers, which this replaces.
-    """
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
-    for name in SERVICE_LOGGERS:
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler] if name in ("frtriton", "uvicorn") else []
-        logger.propagate = name not in ("frtriton", "uvicorn")
-        if logger.level == logging.NOTSET:
-            logger.setLevel(logging.INFO)

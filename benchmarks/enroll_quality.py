@@ -27,10 +27,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imaging import decode_image  # noqa: E402
-from pipeline import align_faces, primary_face  # noqa: E402
-from quality import FaceQuality, QualityLimits, face_quality, quality_problem  # noqa: E402
+from imaging.decode import decode_image  # noqa: E402
 from settings import Settings  # noqa: E402
+from vision.alignment import align_faces  # noqa: E402
+from vision.detections import primary_face  # noqa: E402
+from vision.quality import FaceQuality, QualityLimits, face_quality, quality_problem  # noqa: E402
 
 VARIANTS = ("as is", "blurred (sigma 3)", "quarter size")
 

@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gallery import EMBEDDING_DIM, SqliteGallery  # noqa: E402
+from gallery.sqlite import SqliteGallery  # noqa: E402
+from gallery.store import EMBEDDING_DIM  # noqa: E402
 
 
 def vectors(count: int, seed: int) -> np.ndarray:
@@ -71,8 +72,7 @@ def sqlite_row(size: int, per_person: int, folder: Path) -> dict:
 
 def postgres_row(size: int, per_person: int, url: str) -> dict:
     import psycopg
-
-    from gallery_pg import PgGallery
+    from gallery.postgres import PgGallery
 
     name = f"scale{size}"
     with psycopg.connect(url, autocommit=True) as conn:

@@ -1,8 +1,8 @@
 """Back up, verify and restore the SQLite gallery (`GALLERY_DB`) while the API keeps running.
 
-    python gallery_backup.py backup  [--db data/gallery.db] [--to backups/gallery-<UTC>.db]
-    python gallery_backup.py verify  backups/gallery-20260101T000000Z.db
-    python gallery_backup.py restore --from backups/gallery-20260101T000000Z.db [--db data/gallery.db]
+    python -m gallery.backup backup  [--db data/gallery.db] [--to backups/gallery-<UTC>.db]
+    python -m gallery.backup verify  backups/gallery-20260101T000000Z.db
+    python -m gallery.backup restore --from backups/gallery-20260101T000000Z.db [--db data/gallery.db]
 
 Every copy goes through SQLite's online backup API (`Connection.backup`), never a file copy:
 the gallery is in WAL mode, so its committed state lives in `gallery.db` *and* `gallery.db-wal`,
@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gallery import MIGRATIONS
+from gallery.sqlite import MIGRATIONS
 from settings import Settings
 
 # gallery.py names no version constant: its user_version after migrating is the number of migrations.
@@ -75,7 +75,7 @@ def _schema(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
 
 
 def expected_schema() -> list[tuple[str, str, str]]:
-    """The schema gallery.py's migrations create, read from a scratch in-memory database."""
+    """The schema gallery.sqlite's migrations create, read from a scratch in-memory database."""
     scratch = sqlite3.connect(":memory:")
     try:
         for script in MIGRATIONS:
@@ -95,7 +95,7 @@ def inspect(db: sqlite3.Connection, label: str) -> Summary:
         if version != SCHEMA_VERSION:
             raise BackupError(f"{label} has gallery schema version {version}; this gallery.py uses {SCHEMA_VERSION}")
         if _schema(db) != expected_schema():
-            raise BackupError(f"{label} is not a gallery: its tables differ from gallery.py's schema {version}")
+            raise BackupError(f"{label} is not a gallery: its tables differ from gallery.sqlite's schema {version}")
         if db.execute("PRAGMA foreign_key_check").fetchone() is not None:
             raise BackupError(f"{label} has face samples of identities that do not exist")
         identities = db.execute("SELECT COUNT(*) FROM identities").fetchone()[0]

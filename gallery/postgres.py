@@ -1,6 +1,6 @@
 """The gallery on PostgreSQL with pgvector, shared by several API replicas.
 
-Same interface and behaviour as `gallery.SqliteGallery`; chosen with
+Same interface and behaviour as `gallery.sqlite.SqliteGallery`; chosen with
 `GALLERY_URL=postgresql://...`. Every face sample is a `vector(512)` row; each person
 keeps the normalised centroid of their samples, updated in the same transaction as
 their samples. Both columns carry HNSW indexes (cosine), so a search is one indexed
@@ -20,7 +20,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 
-from gallery import EMBEDDING_DIM, SCORINGS, Identity, IdentityNotFound, Match, as_vectors, new_id, now
+from gallery.store import EMBEDDING_DIM, SCORINGS, Identity, IdentityNotFound, Match, as_vectors, new_id, now
 
 MIGRATION_LOCK = 0x46525452  # "FRTR": pg_advisory_xact_lock key for schema changes
 BEST_SAMPLE_FANOUT = 10  # best-sample search reads this many nearest samples per wanted person

@@ -25,7 +25,7 @@ DETECTOR = "face_detector"
 RECOGNIZER = "fr_model"
 MODEL_FILENAME = "model.onnx"
 MODEL_INFO = "model_info.json"
-PYTHON_BACKEND_SOURCE = PROJECT_ROOT / "onnx_python_backend.py"
+PYTHON_BACKEND_SOURCE = PROJECT_ROOT / "model_tools" / "onnx_python_backend.py"
 
 ONNX_TO_TRITON_DTYPE = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline import ARCFACE_SIZE, ARCFACE_TEMPLATE, similarity_transform
+from vision.alignment import ARCFACE_SIZE, ARCFACE_TEMPLATE, similarity_transform
 
 LEFT_EYE, RIGHT_EYE, NOSE, LEFT_MOUTH, RIGHT_MOUTH = range(5)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ApiProcess, photo
-from pipeline import primary_face
+from vision.detections import primary_face
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, ApiProcess, photo
-from gallery import EMBEDDING_DIM, IdentityNotFound, SqliteGallery, as_vectors
-from gallery_backup import BACKUP_FILE_MODE, SCHEMA_VERSION, BackupError, backup, restore, verify
+from gallery.backup import BACKUP_FILE_MODE, SCHEMA_VERSION, BackupError, backup, restore, verify
+from gallery.sqlite import SqliteGallery
+from gallery.store import EMBEDDING_DIM, IdentityNotFound, as_vectors
 
 FACES_PER_PERSON = 3
 PAGE_SIZE = 4096  # SQLite's default: the first page holds the header and the schema
@@ -229,8 +230,8 @@ def test_restore_refuses_the_gallery_as_its_own_source(tmp_path: Path) -> None:
 def cli(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GALLERY_")}
     return subprocess.run(
-        [sys.executable, str(ROOT / "gallery_backup.py"), *args],
-        cwd=cwd, env={**clean, **env}, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "gallery.backup", *args],
+        cwd=cwd, env={**clean, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True, timeout=120,
     )
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gallery import EMBEDDING_DIM, MIGRATIONS, FaceIndex, IdentityNotFound, SqliteGallery
+from gallery.index import FaceIndex
+from gallery.sqlite import MIGRATIONS, SqliteGallery
+from gallery.store import EMBEDDING_DIM, IdentityNotFound
 
 
 def unit(seed: int, count: int = 1) -> np.ndarray:
@@ -30,7 +32,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path):
         location = tmp_path / "g.db"
         opener = SqliteGallery
     else:
-        from gallery_pg import PgGallery
+        from gallery.postgres import PgGallery
 
         location = request.getfixturevalue("postgres_url")
         opener = PgGallery

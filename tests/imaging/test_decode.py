@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from errors import ImageTooLarge, InvalidImage
-from imaging import decode_image
+from imaging.decode import decode_image
 
 LIMIT = 40_000_000
 

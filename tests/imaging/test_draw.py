@@ -10,18 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotate import (
-    BOX_COLOUR,
-    LANDMARK_COLOURS,
-    UNKNOWN_COLOUR,
-    ascii_label,
-    draw_faces,
-    encode_jpeg,
-    encode_png,
-)
 from conftest import photo
-from imaging import decode_image
-from pipeline import Detections
+from imaging.decode import decode_image
+from imaging.draw import BOX_COLOUR, LANDMARK_COLOURS, UNKNOWN_COLOUR, ascii_label, draw_faces, encode_jpeg, encode_png
+from vision.detections import Detections
 
 GREY = 128
 HEIGHT, WIDTH = 240, 320

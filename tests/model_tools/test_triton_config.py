@@ -11,7 +11,7 @@ import pytest
 
 import extract_insightface_models as extract
 from errors import ModelRepositoryError
-from model_config import (
+from model_tools.triton_config import (
     DETECTOR,
     RECOGNIZER,
     model_tuning,

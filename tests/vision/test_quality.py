@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import ApiProcess, TritonProcess, photo
-from pipeline import ARCFACE_TEMPLATE
-from quality import FaceQuality, QualityLimits, face_quality, face_size, quality_problem
+from vision.alignment import ARCFACE_TEMPLATE
+from vision.quality import FaceQuality, QualityLimits, face_quality, face_size, quality_problem
 
 FRONTAL = ARCFACE_TEMPLATE.astype(np.float64)
 LIMITS = QualityLimits(min_size=40, min_sharpness=20, max_yaw=0.45, max_pitch=0.3)

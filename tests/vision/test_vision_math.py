@@ -9,28 +9,19 @@ import numpy as np
 import pytest
 
 from errors import NoFaceDetected
-from pipeline import (
-    ARCFACE_TEMPLATE,
+from pipeline import FacePipeline
+from settings import Settings
+from vision.alignment import ARCFACE_TEMPLATE, align_faces, cosine_similarity, l2_normalize, similarity_transform
+from vision.boxes import box_iou, nms
+from vision.detections import (
     Detections,
-    FacePipeline,
     add_missing_faces,
-    align_faces,
-    anchor_centers,
-    box_iou,
     clip_boxes,
     concat_detections,
-    cosine_similarity,
-    decode_scrfd,
     has_clear_subject,
-    l2_normalize,
-    letterbox,
-    nms,
     primary_face,
-    scrfd_strides,
-    similarity_transform,
-    to_nchw,
 )
-from settings import Settings
+from vision.scrfd import anchor_centers, decode_scrfd, letterbox, scrfd_strides, to_nchw
 
 
 # --------------------------------------------------------------------------- letterbox

@@ -1,0 +1,1 @@
+"""The persistent gallery of enrolled people: interface and types, SQLite, PostgreSQL, backups."""

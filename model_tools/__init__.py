@@ -1,0 +1,1 @@
+"""Model tooling: downloads, ONNX graph preparation, Triton configs, the Python-backend model file."""

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics and the request-id-carrying log lines."""
