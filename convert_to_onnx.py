@@ -306,10 +306,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def install_into_repository(exported: Path, args: argparse.Namespace) -> None:
-    from model_tools.triton_config import atomic_write
-
     from errors import ModelRepositoryError
     from extract_insightface_models import install_recognizer
+    from model_tools.triton_config import atomic_write
 
     repo = repository_of(args.onnx_path)
     if repo is None:

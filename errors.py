@@ -34,3 +34,14 @@ class InferenceUnavailable(FaceServiceError):
 
 class ModelRepositoryError(FaceServiceError):
     """A model file or repository is missing, corrupt or has an unexpected signature."""
+
+
+class NoUsableFace(FaceServiceError):
+    """No photo of an enrollment had a usable face; the message lists every photo's reason."""
+
+    def __init__(self, reasons: str) -> None:
+        super().__init__(f"no usable face in any image ({reasons}); nothing was stored")
+
+
+class SameIdentity(FaceServiceError):
+    """Merging an identity into itself."""

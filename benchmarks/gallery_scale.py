@@ -72,6 +72,7 @@ def sqlite_row(size: int, per_person: int, folder: Path) -> dict:
 
 def postgres_row(size: int, per_person: int, url: str) -> dict:
     import psycopg
+
     from gallery.postgres import PgGallery
 
     name = f"scale{size}"

@@ -1,6 +1,6 @@
 """Draw detection and identification results onto a photo, and encode it (pure OpenCV/numpy).
 
-The API decodes uploads to RGB (`imaging.py`) and OpenCV draws a colour tuple in
+The API decodes uploads to RGB (`imaging.decode`) and OpenCV draws a colour tuple in
 the array's own channel order, so colours here are RGB and the image is reversed
 to OpenCV's BGR only when encoding. Pass `channel_order="BGR"` for a BGR array.
 Labels are drawn with OpenCV's Hershey font, which has ASCII glyphs only: accents
@@ -21,13 +21,6 @@ Colour = tuple[int, int, int]
 
 JPEG_MEDIA_TYPE = "image/jpeg"
 JPEG_QUALITY = 90
-# For a route's `responses=`: the 200 answer is also a JPEG (with ?annotate=true).
-OPENAPI_JPEG_RESPONSE = {
-    200: {
-        "content": {JPEG_MEDIA_TYPE: {}},
-        "description": "JSON by default; with annotate=true the photo as a JPEG with the results drawn on it",
-    }
-}
 
 # RGB. Boxes: one colour for plain detections, others for named and unknown faces.
 BOX_COLOUR: Colour = (0, 200, 80)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +56,16 @@ def lfw_dir() -> Path:
     if not (LFW_DIR / "pairs.tsv").is_file():
         pytest.skip(f"LFW dev-test pairs not found at {LFW_DIR}")
     return LFW_DIR
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with a tiny (invalid) body: a decompression-bomb probe."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
 def free_port() -> int:

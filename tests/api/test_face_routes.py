@@ -12,9 +12,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from test_imaging import png_header_only
 
-from conftest import photo
+from conftest import photo, png_header_only
 
 pytestmark = pytest.mark.integration
 

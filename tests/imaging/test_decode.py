@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import png_header_only
 from errors import ImageTooLarge, InvalidImage
 from imaging.decode import decode_image
 
@@ -87,16 +86,6 @@ def test_decode_image_applies_exif_orientation(orientation: int, shape, red_corn
     assert decoded.shape[:2] == shape
     y, x = red_corner
     assert decoded[y, x, 0] > 200 and decoded[y, x, 1] < 60
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height, with a tiny (invalid) body: a decompression-bomb probe."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
 def test_decode_image_refuses_too_many_pixels_before_decoding() -> None:

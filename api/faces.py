@@ -1,0 +1,97 @@
+"""Routes on faces: detect, embed the main face, compare two photos."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Response, UploadFile
+
+from api.dependencies import FacesDep, SettingsDep, read_image
+from api.schemas import (
+    ERROR_RESPONSES,
+    OPENAPI_JPEG_RESPONSE,
+    DetectResponse,
+    EmbeddingResponse,
+    SimilarityResponse,
+    faces_json,
+)
+from imaging.draw import JPEG_MEDIA_TYPE, annotated_jpeg, encode_png
+
+router = APIRouter(tags=["faces"])
+
+
+def png_data_url(crop) -> str:
+    return "data:image/png;base64," + base64.b64encode(encode_png(crop)).decode("ascii")
+
+
+@router.post(
+    "/detect",
+    response_model=DetectResponse,
+    summary="Find every face: box, score and five landmarks",
+    responses={**ERROR_RESPONSES, **OPENAPI_JPEG_RESPONSE},
+    response_model_exclude_none=True,  # capped/max_faces only when the limit was reached
+)
+async def detect(
+    faces: FacesDep,
+    settings: SettingsDep,
+    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP…")],
+    annotate: Annotated[bool, Query(description="answer with the photo as a JPEG, faces drawn")] = False,
+):
+    pixels = await read_image(image, settings)
+    found = await faces.detect(pixels)
+    if annotate:
+        return Response(await asyncio.to_thread(annotated_jpeg, pixels, found.faces), media_type=JPEG_MEDIA_TYPE)
+    return DetectResponse(
+        width=pixels.shape[1],
+        height=pixels.shape[0],
+        faces=faces_json(found.faces),
+        capped=True if found.capped else None,
+        max_faces=settings.max_faces if found.capped else None,
+    )
+
+
+@router.post(
+    "/embedding",
+    response_model=EmbeddingResponse,
+    summary="Embedding of the main face (the largest face nearest the centre)",
+    responses=ERROR_RESPONSES,
+)
+async def embedding(
+    faces: FacesDep, settings: SettingsDep, image: Annotated[UploadFile, File(description="photo with a face")]
+):
+    embedded = await faces.embed(await read_image(image, settings))
+    return EmbeddingResponse(embedding=[float(v) for v in embedded.embedding], face=faces_json(embedded.face)[0])
+
+
+@router.post(
+    "/face-similarity",
+    response_model=SimilarityResponse,
+    summary="Compare the main faces of two photos",
+    responses=ERROR_RESPONSES,
+    response_model_exclude_none=True,  # aligned_a/b only when asked for
+)
+async def face_similarity(
+    faces: FacesDep,
+    settings: SettingsDep,
+    image_a: Annotated[UploadFile, File(description="first photo")],
+    image_b: Annotated[UploadFile, File(description="second photo")],
+    include_aligned: Annotated[
+        bool, Query(description="add the two aligned crops the model embedded (aligned_a, aligned_b)")
+    ] = False,
+):
+    pixels_a, pixels_b = await asyncio.gather(read_image(image_a, settings), read_image(image_b, settings))
+    result = await faces.compare(pixels_a, pixels_b, include_aligned)
+    aligned = [None, None]
+    if include_aligned:
+        aligned = await asyncio.to_thread(lambda: [png_data_url(result.aligned_a), png_data_url(result.aligned_b)])
+    return SimilarityResponse(
+        similarity=round(result.similarity, 6),
+        same_person=result.same_person,
+        threshold=result.threshold,
+        face_a=faces_json(result.face_a)[0],
+        face_b=faces_json(result.face_b)[0],
+        aligned_a=aligned[0],
+        aligned_b=aligned[1],
+    )

