@@ -14,7 +14,7 @@ Sources:
   sha256 pinned here (from InsightFace's own server, `models/packages.py`);
 * any ONNX pair (`--detector/--recognizer`), validated before anything is written.
 
-Every model goes through `model_graphs.prepare` (dynamic batch, SCRFD outputs named by
+Every model goes through `model_tools.graphs.prepare` (dynamic batch, SCRFD outputs named by
 stride, proven on ONNX Runtime). Files are staged next to the repository and moved into
 place with `os.replace`, `model_info.json` last; a failed or interrupted run leaves the
 previous repository as it was. Then `config.pbtxt` files are generated.

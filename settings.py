@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     gallery_scoring: Literal["centroid", "best_sample"] = Field(
         default="centroid", description="score a person by the centroid of their samples or their best sample"
     )
-    # Enrollment quality (quality.py). Defaults from benchmarks/enroll_quality.py on the 3,097
+    # Enrollment quality (vision/quality.py). Defaults from benchmarks/enroll_quality.py on the 3,097
     # LFW dev-test photos (README, Identification): together they refuse 2.1 % of them (heads
     # turned or tilted away), 97.5-100 % of the same photos blurred, 98.6-100 % shrunk 4x.
     enroll_min_face_size: float = Field(

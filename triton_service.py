@@ -1,7 +1,7 @@
 """Everything that touches the Triton server: its process and the async client.
 
 This is the only module that imports `tritonclient`. Two parts (the `config.pbtxt` files
-it starts Triton with come from `model_config.py`):
+it starts Triton with come from `model_tools/triton_config.py`):
 
 * the server process: find `tritonserver` (PATH, as in NGC images, or the
   `nvidia-pytriton` wheel), prepare its backend directory and environment, start it;

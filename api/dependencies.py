@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, HTTPException, Request, UploadFile
@@ -19,36 +19,21 @@ from usecases.status import ServiceStatus
 API_KEY_HEADER = "X-API-Key"
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def from_state(name: str) -> Any:
+    """A dependency giving `app.state.<name>`, set by the app's lifespan (the use cases) or factory (settings)."""
+
+    def get(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return Depends(get)
 
 
-def get_faces(request: Request) -> FaceUseCases:
-    return request.app.state.faces
-
-
-def get_enrollment(request: Request) -> Enrollment:
-    return request.app.state.enrollment
-
-
-def get_identification(request: Request) -> Identification:
-    return request.app.state.identification
-
-
-def get_people(request: Request) -> People:
-    return request.app.state.people
-
-
-def get_status(request: Request) -> ServiceStatus:
-    return request.app.state.status
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-FacesDep = Annotated[FaceUseCases, Depends(get_faces)]
-EnrollmentDep = Annotated[Enrollment, Depends(get_enrollment)]
-IdentificationDep = Annotated[Identification, Depends(get_identification)]
-PeopleDep = Annotated[People, Depends(get_people)]
-StatusDep = Annotated[ServiceStatus, Depends(get_status)]
+SettingsDep = Annotated[Settings, from_state("settings")]
+FacesDep = Annotated[FaceUseCases, from_state("faces")]
+EnrollmentDep = Annotated[Enrollment, from_state("enrollment")]
+IdentificationDep = Annotated[Identification, from_state("identification")]
+PeopleDep = Annotated[People, from_state("people")]
+StatusDep = Annotated[ServiceStatus, from_state("status")]
 
 
 async def read_image(upload: UploadFile, settings: Settings) -> np.ndarray:

@@ -7,7 +7,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from imaging.draw import JPEG_MEDIA_TYPE
-from triton_service import DETECTOR, RECOGNIZER
 from vision.detections import Detections
 
 
@@ -96,7 +95,7 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     status: str = Field(examples=["ready"])
-    models: list[str] = Field(examples=[[DETECTOR, RECOGNIZER]])
+    models: list[str] = Field(examples=[["face_detector", "fr_model"]])
 
 
 class TensorInfo(BaseModel):
@@ -106,7 +105,7 @@ class TensorInfo(BaseModel):
 
 
 class ServedModel(BaseModel):
-    name: str = Field(examples=[RECOGNIZER])
+    name: str = Field(examples=["fr_model"])
     network: str | None = Field(description="the installed network", examples=["w600k_mbf"])
     sha256: str | None = Field(description="sha256 of the served model.onnx")
     source_file: str | None = Field(examples=["w600k_mbf.onnx"])

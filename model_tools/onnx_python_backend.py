@@ -2,7 +2,7 @@
 
 Used only when the Triton installation has no native `onnxruntime_onnx`
 backend (the `nvidia-pytriton` wheel ships the Python backend alone).
-`model_config.write_model_configs` copies this file to `<model>/<version>/model.py`
+`model_tools.triton_config.write_model_configs` copies this file to `<model>/<version>/model.py`
 next to `model.onnx`; it is generic: input and output names come from the
 model's `config.pbtxt`.
 

@@ -3,7 +3,7 @@
 Reads every `<model>/<version>/model.onnx` of a repository (input and output names, dtypes,
 dims) and writes `config.pbtxt` next to it: the native `onnxruntime_onnx` platform when the
 Triton installation has that backend, else the Python backend running
-`onnx_python_backend.py` (copied in as `model.py`). Batching, instance and thread counts come
+`model_tools/onnx_python_backend.py` (copied in as `model.py`). Batching, instance and thread counts come
 from `Settings`; the detector is warmed up at every canvas size the pipeline sends.
 `triton_service.py` calls this at start-up for the Triton it finds.
 """

@@ -95,6 +95,18 @@ def test_start_script_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path
     assert not descendants_named(process.pid, "tritonserver")
 
 
+def wait_for_detections_in_flight(port: int, timeout_s: float = 60) -> None:
+    """Until the API is working on a /detect (its in-flight gauge counts this scrape too)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        gauge = next(line for line in scrape.splitlines() if line.startswith("frtriton_http_requests_in_flight "))
+        if float(gauge.split()[1]) >= 2:
+            return
+        time.sleep(0.01)
+    raise AssertionError("no /detect reached the API: the test would prove nothing")
+
+
 def test_sigterm_lets_requests_in_flight_finish_before_stopping(tmp_path: Path) -> None:
     process, port, log = launch(tmp_path)
     data = photo("t1.jpg").read_bytes()
@@ -112,7 +124,7 @@ def test_sigterm_lets_requests_in_flight_finish_before_stopping(tmp_path: Path) 
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             for _ in range(16):  # ~0.7 s of work on two cores: most of it still queued at SIGTERM
                 pool.submit(detect)
-            time.sleep(0.2)
+            wait_for_detections_in_flight(port)
             signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0, log.read_text()[-3000:]
