@@ -76,17 +76,34 @@ def _order_initializers(prefix: str, channel_order: str) -> list[onnx.TensorProt
     return [helper.make_tensor(f"{prefix}bgr_index", TensorProto.INT64, [3], list(BGR_FROM_RGB))]
 
 
+def _inline_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop Identity nodes that only rename an initializer (in place).
+
+    The exporter shares equal initializers through Identity nodes (networks whose PReLU slopes are
+    all equal, e.g. untrained ones); `max_for_prelu` wants the slope as an initializer itself.
+    """
+    initializers = {init.name for init in model.graph.initializer}
+    outputs = {value.name for value in model.graph.output}
+    alias = {node.output[0]: node.input[0] for node in model.graph.node
+             if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs}
+    nodes = [node for node in model.graph.node if not (node.op_type == "Identity" and node.output[0] in alias)]
+    for node in nodes:
+        node.input[:] = [alias.get(name, name) for name in node.input]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
 def _fast_prelu(model: onnx.ModelProto) -> onnx.ModelProto:
     from model_graphs import max_for_prelu
 
-    return max_for_prelu(model)
+    return max_for_prelu(_inline_constant_identities(model))
 
 
 def _finish(graph: onnx.GraphProto, opset_source: onnx.ModelProto) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=list(opset_source.opset_import),
                               producer_name="fr-triton antispoof_graph")
     model.ir_version = opset_source.ir_version
-    onnx.checker.check_model(model, full_check=True)
     return model
 
 
@@ -162,7 +179,10 @@ def serve_combined(
                               [helper.make_tensor_value_info(SERVED_OUTPUT, TensorProto.FLOAT, output_shape)],
                               initializer=initializers)
     model = _finish(graph, raws[0])
-    return _fast_prelu(model) if fast_prelu else model
+    if fast_prelu:
+        model = _fast_prelu(model)
+    onnx.checker.check_model(model, full_check=True)  # also infers and checks every shape
+    return model
 
 
 # --------------------------------------------------------------------------- proof
