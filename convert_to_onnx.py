@@ -15,6 +15,11 @@ an error). When `--onnx-path` is the recognizer of a model repository
 (`<repo>/fr_model/<v>/model.onnx`), the model is installed there like any other model:
 validated, written atomically, recorded in `model_info.json`, configs regenerated.
 
+Anti-spoofing (MiniFASNet, Silent-Face-Anti-Spoofing) has its own subcommand; the logic lives in
+`model_tools/antispoof_export.py`:
+
+    python convert_to_onnx.py antispoof --from {FOLDER|upstream} --out FOLDER [--served]
+
 torch is needed here only (requirements-dev.txt pins it); the service never imports this.
 """
 
@@ -281,7 +286,14 @@ def repository_of(onnx_path: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Convert an ArcFace PyTorch checkpoint to ONNX.")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["antispoof"]:
+        from model_tools.antispoof_export import main as antispoof_main
+
+        return antispoof_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        description="Convert an ArcFace PyTorch checkpoint to ONNX (or: convert_to_onnx.py antispoof --help)."
+    )
     parser.add_argument("--arch", required=True, choices=ARCHITECTURES)
     parser.add_argument("--weights-path", type=Path, required=True)
     parser.add_argument("--onnx-path", type=Path, required=True)
