@@ -93,8 +93,8 @@ def obtain_checkpoints(source: str | Path, cache_dir: Path = DEFAULT_CACHE, base
         if not folder.is_dir():
             raise AntiSpoofError(f"{folder} is not a folder of checkpoints (or say {UPSTREAM!r} to download them)")
         return checkpoints_in(folder)
-    from downloads import fetch
     from errors import ModelRepositoryError
+    from model_tools.downloads import fetch
 
     base = base_url if base_url.endswith("/") else base_url + "/"
     paths = []
@@ -186,7 +186,7 @@ def convert_one(checkpoint: Path, out_dir: Path, crops: np.ndarray, opset: int, 
 
 
 def _sha256(path: Path) -> str:
-    from downloads import sha256_file
+    from model_tools.downloads import sha256_file
 
     return sha256_file(path)
 

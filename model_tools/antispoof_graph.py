@@ -2,13 +2,13 @@
 
 The exported MiniFASNet graphs (`antispoof_export.py`) take what the authors' PyTorch code takes:
 (N, 3, 80, 80) float32 BGR 0-255, and return (N, 3) logits. For serving, the input handling and
-the softmax move into the graph, as `model_graphs.fold_input` does for the face models:
+the softmax move into the graph, as `model_tools.graphs.fold_input` does for the face models:
 
 - input `image`: (N, 80, 80, 3) **uint8** BGR, the crops exactly as `vision.antispoof.liveness_crops`
   makes them: a quarter of the bytes on the wire, no float conversion or transposition in the API.
   Cast uint8 -> float32 is exact and the models want 0-255 unnormalised, so nothing is lost.
 - output `probabilities`: softmax over the 3 classes (class 1 = real), so the API only averages.
-- PRelu becomes Max(x, x * slope) (`model_graphs.max_for_prelu`: bit-exact for slopes <= 1, and
+- PRelu becomes Max(x, x * slope) (`model_tools.graphs.max_for_prelu`: bit-exact for slopes <= 1, and
   ONNX Runtime's CPU PRelu is slow).
 
 Two layouts (see `benchmarks/antispoof_models.py` for their cost):
@@ -95,7 +95,7 @@ def _inline_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _fast_prelu(model: onnx.ModelProto) -> onnx.ModelProto:
-    from model_graphs import max_for_prelu
+    from model_tools.graphs import max_for_prelu
 
     return max_for_prelu(_inline_constant_identities(model))
 
