@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REPO ?= model_repository
 INSIGHTFACE_VERSION := 2.1
 
-.PHONY: run test lint models install dev clean triton api
+.PHONY: run test lint models antispoof install dev clean triton api
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,11 +25,25 @@ dev: $(VENV)/.dev-installed
 $(REPO)/model_info.json: | $(VENV)/.installed
 	$(PY) extract_insightface_models.py --output-dir $(REPO)
 
-models: $(REPO)/model_info.json
+# ANTISPOOF_FROM=<folder>: also install the anti-spoofing model (kept in the repository afterwards).
+# A converted folder (convert_to_onnx.py antispoof) needs nothing more; the authors' *.pth
+# checkpoints are converted on the spot, with torch (pinned in requirements-dev.txt) brought into .venv.
+TORCH_PIN = $(shell grep -m1 '^torch==' requirements-dev.txt)
+antispoof: $(REPO)/model_info.json
+ifneq ($(strip $(ANTISPOOF_FROM)),)
+	@if ls "$(ANTISPOOF_FROM)"/*.pth >/dev/null 2>&1 && [ ! -f "$(ANTISPOOF_FROM)/manifest.json" ] \
+	    && ! $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "ANTISPOOF_FROM holds PyTorch checkpoints: installing $(TORCH_PIN) into $(VENV) to convert them"; \
+	  $(PY) -m pip install "$(TORCH_PIN)"; \
+	fi
+	$(PY) -m model_tools.antispoof_install --from "$(ANTISPOOF_FROM)" --repo "$(REPO)"
+endif
+
+models: $(REPO)/model_info.json antispoof
 
 # Triton + API in the foreground (Ctrl-C stops both); the same script the Docker image runs.
 run: $(VENV)/.installed models
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" TRITON_REPO="$(REPO)" Docker/start.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" TRITON_REPO="$(REPO)" ANTISPOOF_FROM= Docker/start.sh
 
 # The two halves apart (model server and API server, e.g. on two machines):
 #   make triton                              Triton alone, on :8000/:8001/:8002

@@ -24,6 +24,7 @@ from errors import (
     ImageTooLarge,
     InferenceUnavailable,
     InvalidImage,
+    LivenessUnavailable,
     ModelRepositoryError,
     NoFaceDetected,
     NoUsableFace,
@@ -39,6 +40,7 @@ from triton_service import TritonClient
 from usecases.enrollment import Enrollment
 from usecases.faces import FaceUseCases
 from usecases.identification import Identification
+from usecases.liveness import LivenessCheck
 from usecases.people import People
 from usecases.status import ServiceStatus
 
@@ -53,6 +55,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ImageTooLarge: 413,
     NoFaceDetected: 422,
     InferenceUnavailable: 503,
+    LivenessUnavailable: 503,
     ModelRepositoryError: 503,
 }
 RETRY_AFTER_S = "5"
@@ -76,11 +79,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             open_gallery, settings.gallery_db, settings.gallery_url, settings.gallery_scoring
         )
         pipeline = FacePipeline(client, settings)
+        liveness = LivenessCheck(pipeline, settings)
         app.state.triton = client
         app.state.status = ServiceStatus(client)
-        app.state.faces = FaceUseCases(pipeline, settings)
-        app.state.enrollment = Enrollment(pipeline, store, settings)
-        app.state.identification = Identification(pipeline, store, settings)
+        app.state.faces = FaceUseCases(pipeline, liveness, settings)
+        app.state.liveness = liveness
+        app.state.enrollment = Enrollment(pipeline, store, liveness, settings)
+        app.state.identification = Identification(pipeline, store, liveness, settings)
         app.state.people = People(store)
         try:
             yield

@@ -45,3 +45,7 @@ class NoUsableFace(FaceServiceError):
 
 class SameIdentity(FaceServiceError):
     """Merging an identity into itself."""
+
+
+class LivenessUnavailable(FaceServiceError):
+    """The anti-spoofing model is not installed on this Triton (503; everything else keeps working)."""

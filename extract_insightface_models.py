@@ -206,8 +206,8 @@ def install(files: dict[str, tuple[PackedModel, bytes]], output_dir: Path, info:
     """Prepare every model, stage it beside the repository, then move everything into place."""
     staging = output_dir / f".staging-{os.getpid()}"
     staged: list[tuple[Path, Path]] = []
-    kept = {}  # a partial install (one role) keeps what the repository says of the other
-    if set(files) != set(ROLES) and (output_dir / MODEL_INFO).is_file():
+    kept = {}  # keeps what the repository says of the models not installed now (the other role, antispoof)
+    if (output_dir / MODEL_INFO).is_file():
         previous = json.loads((output_dir / MODEL_INFO).read_text()).get("models", {})
         kept = {role: entry for role, entry in previous.items() if role not in files}
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

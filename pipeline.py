@@ -20,11 +20,12 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from errors import NoFaceDetected
+from errors import LivenessUnavailable, NoFaceDetected
 from settings import Settings
 from telemetry.metrics import FACES_DETECTED
-from triton_service import DETECTOR, RECOGNIZER
+from triton_service import ANTISPOOF, DETECTOR, RECOGNIZER
 from vision.alignment import ARCFACE_SIZE, align_faces, l2_normalize
+from vision.antispoof import liveness_crops, real_scores
 from vision.boxes import nms
 from vision.detections import Detections, add_missing_faces, clip_boxes, concat_detections, primary_face
 from vision.scrfd import CANVAS_MULTIPLE, decode_scrfd, fitted_canvas, letterbox, to_nchw
@@ -33,6 +34,11 @@ from vision.scrfd import CANVAS_MULTIPLE, decode_scrfd, fitted_canvas, letterbox
 SCRFD_MEAN, SCRFD_STD = 127.5, 128.0
 ARCFACE_MEAN, ARCFACE_STD = 127.5, 127.5
 
+NOT_INSTALLED = (
+    "the anti-spoofing model is not installed: start the service with ANTISPOOF_FROM=<folder> "
+    "(README, Anti-spoofing); every other route works without it"
+)
+
 cv2.setNumThreads(1)  # the API's threads plus Triton share two cores; no nested pools
 
 
@@ -40,6 +46,8 @@ class InferenceBackend(Protocol):
     async def infer(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]: ...
 
     async def binding(self, model: str): ...  # -> object with `.parameters` and `.input_shape`
+
+    async def serves(self, model: str) -> bool: ...
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -68,6 +76,7 @@ class FacePipeline:
         self.main_size = settings.detector_input_size
         self.extra_sizes = tuple(dict.fromkeys(s for s in settings.detector_extra_sizes if s != self.main_size))
         self.fit_sizes = tuple(sorted({s for s in settings.detector_fit_sizes if s < self.main_size}))
+        self._antispoof_served = False  # remembered once seen: installing it needs a Triton restart anyway
         for size in settings.detector_canvases:  # every canvas Triton is warmed up at and sent
             if size <= 0 or size % CANVAS_MULTIPLE:
                 raise ValueError(f"detector canvas {size} is not a positive multiple of {CANVAS_MULTIPLE}")
@@ -186,3 +195,41 @@ class FacePipeline:
         embeddings = await self.embed(crops)
         return [(face, embeddings[i]) for i, face in enumerate(primaries)]
 
+    async def has_liveness(self) -> bool:
+        """Whether Triton serves the anti-spoofing model (checked until it does, then remembered)."""
+        if not self._antispoof_served:
+            self._antispoof_served = await self.backend.serves(ANTISPOOF)
+        return self._antispoof_served
+
+    async def require_liveness(self) -> None:
+        """Raises LivenessUnavailable (with what to do) when the anti-spoofing model is not served."""
+        if not await self.has_liveness():
+            raise LivenessUnavailable(NOT_INSTALLED)
+
+    async def liveness(self, images: Sequence[np.ndarray], faces: Sequence[Detections]) -> list[np.ndarray]:
+        """Real scores in [0, 1] of every face: one (N_i,) float32 array per (H, W, 3) RGB image.
+
+        All faces of all images go in one batched call: each face cropped at every network's scale
+        (the authors' arithmetic, `vision.antispoof`), in the channel order the graph was made for
+        (BGR, as the authors' cv2 code reads photos). Raises LivenessUnavailable when not installed.
+        """
+        await self.require_liveness()
+        binding = await self.backend.binding(ANTISPOOF)
+        scales = [float(s) for s in binding.parameters.get("fr_scales", "").split(",") if s]
+        bgr = binding.parameters.get("fr_channel_order", "BGR") == "BGR"
+        size = tuple(int(d) for d in binding.input_shape[1:3])  # (M, H, W, 3) without the batch
+
+        def crops() -> np.ndarray:
+            per_image = [
+                liveness_crops(image[..., ::-1] if bgr else image, found.boxes, scales, size).transpose(1, 0, 2, 3, 4)
+                for image, found in zip(images, faces, strict=True)
+            ]
+            return np.ascontiguousarray(np.concatenate(per_image)) if per_image else np.zeros((0,), np.uint8)
+
+        batch = await asyncio.to_thread(crops)
+        scores = np.zeros((0,), np.float32)
+        if batch.shape[0]:
+            probabilities = next(iter((await self.backend.infer(ANTISPOOF, batch)).values()))  # (N, M, 3)
+            scores = real_scores(probabilities.transpose(1, 0, 2))
+        bounds = np.cumsum([0, *(len(found) for found in faces)])
+        return [scores[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
         description="refuse any photo with a second face of enrollable size (default: only when no face "
         "is clearly the subject)",
     )
+    enroll_require_live: bool = Field(
+        default=False,
+        description="refuse enrollment photos the anti-spoofing model calls a spoof (needs the model: ANTISPOOF_FROM)",
+    )
     api_key: str | None = Field(default=None, description="required in X-API-Key for gallery changes")
     api_key_reads: bool = Field(default=False, description="also require the key for gallery reads")
 
@@ -120,6 +124,16 @@ class Settings(BaseSettings):
         ge=-1,
         le=1,
         description="cosine at or above which two faces are called the same person",
+    )
+
+    # --- Anti-spoofing (optional model) -------------------------------------
+    liveness_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="real_score at or above which a face is called live (is_real)"
+    )
+    antispoof_from: Path | None = Field(
+        default=None,
+        description="read by `make run` / `make models` / Docker/start.sh: install the anti-spoofing model from "
+        "this folder (converted ONNX, or the authors' checkpoints with torch) before Triton starts",
     )
 
     @property

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from errors import InferenceUnavailable, ModelRepositoryError
-from model_tools.triton_config import DETECTOR, RECOGNIZER, write_model_configs
+from model_tools.triton_config import ANTISPOOF, DETECTOR, RECOGNIZER, write_model_configs  # noqa: F401 (names re-exported to the pipeline)
 from settings import PROJECT_ROOT, Settings
 from telemetry.metrics import TRITON_SECONDS
 
@@ -237,6 +237,10 @@ class TritonClient:
         except InferenceUnavailable as error:
             return error.message
         return None
+
+    async def serves(self, model: str) -> bool:
+        """Whether Triton serves `model` ready (False for one not installed); unreachable Triton raises."""
+        return bool(await self._call("readiness", self._client.is_model_ready(model, headers=self._HEADERS)))
 
     async def binding(self, model: str) -> ModelBinding:
         cached = self._bindings.get(model)

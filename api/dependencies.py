@@ -13,6 +13,7 @@ from settings import Settings
 from usecases.enrollment import Enrollment
 from usecases.faces import FaceUseCases
 from usecases.identification import Identification
+from usecases.liveness import LivenessCheck
 from usecases.people import People
 from usecases.status import ServiceStatus
 
@@ -33,6 +34,7 @@ FacesDep = Annotated[FaceUseCases, from_state("faces")]
 EnrollmentDep = Annotated[Enrollment, from_state("enrollment")]
 IdentificationDep = Annotated[Identification, from_state("identification")]
 PeopleDep = Annotated[People, from_state("people")]
+LivenessDep = Annotated[LivenessCheck, from_state("liveness")]
 StatusDep = Annotated[ServiceStatus, from_state("status")]
 
 

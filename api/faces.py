@@ -8,18 +8,25 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
-from api.dependencies import FacesDep, SettingsDep, read_image
+from api.dependencies import FacesDep, LivenessDep, SettingsDep, read_image
 from api.schemas import (
     ERROR_RESPONSES,
+    LIVENESS_ERROR_RESPONSES,
     OPENAPI_JPEG_RESPONSE,
+    DetectedFace,
     DetectResponse,
     EmbeddingResponse,
+    LivenessResponse,
     SimilarityResponse,
     faces_json,
+    liveness_json,
 )
-from imaging.draw import JPEG_MEDIA_TYPE, annotated_jpeg, encode_png
+from imaging.draw import JPEG_MEDIA_TYPE, KNOWN_COLOUR, UNKNOWN_COLOUR, annotated_jpeg, encode_png
 
 router = APIRouter(tags=["faces"])
+LivenessQuery = Annotated[
+    bool, Query(description="also check every face with the anti-spoofing model (503 when it is not installed)")
+]
 
 
 def png_data_url(crop) -> str:
@@ -30,23 +37,32 @@ def png_data_url(crop) -> str:
     "/detect",
     response_model=DetectResponse,
     summary="Find every face: box, score and five landmarks",
-    responses={**ERROR_RESPONSES, **OPENAPI_JPEG_RESPONSE},
-    response_model_exclude_none=True,  # capped/max_faces only when the limit was reached
+    responses={**LIVENESS_ERROR_RESPONSES, **OPENAPI_JPEG_RESPONSE},
+    response_model_exclude_none=True,  # capped/max_faces/liveness only when there
 )
 async def detect(
     faces: FacesDep,
     settings: SettingsDep,
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP…")],
     annotate: Annotated[bool, Query(description="answer with the photo as a JPEG, faces drawn")] = False,
+    liveness: LivenessQuery = False,
 ):
     pixels = await read_image(image, settings)
-    found = await faces.detect(pixels)
+    found = await faces.detect(pixels, liveness=liveness)
     if annotate:
-        return Response(await asyncio.to_thread(annotated_jpeg, pixels, found.faces), media_type=JPEG_MEDIA_TYPE)
+        labels = colours = None
+        if found.liveness is not None:
+            labels = [f"{'live' if v.is_real else 'spoof'} {v.real_score:.2f}" for v in found.liveness]
+            colours = [KNOWN_COLOUR if v.is_real else UNKNOWN_COLOUR for v in found.liveness]
+        jpeg = await asyncio.to_thread(annotated_jpeg, pixels, found.faces, labels, colours)
+        return Response(jpeg, media_type=JPEG_MEDIA_TYPE)
+    shaped = faces_json(found.faces, DetectedFace)
+    for face, verdict in zip(shaped, found.liveness or [], strict=False):
+        face.liveness = liveness_json(verdict)
     return DetectResponse(
         width=pixels.shape[1],
         height=pixels.shape[0],
-        faces=faces_json(found.faces),
+        faces=shaped,
         capped=True if found.capped else None,
         max_faces=settings.max_faces if found.capped else None,
     )
@@ -69,8 +85,8 @@ async def embedding(
     "/face-similarity",
     response_model=SimilarityResponse,
     summary="Compare the main faces of two photos",
-    responses=ERROR_RESPONSES,
-    response_model_exclude_none=True,  # aligned_a/b only when asked for
+    responses=LIVENESS_ERROR_RESPONSES,
+    response_model_exclude_none=True,  # aligned_a/b and liveness_a/b only when asked for
 )
 async def face_similarity(
     faces: FacesDep,
@@ -80,9 +96,10 @@ async def face_similarity(
     include_aligned: Annotated[
         bool, Query(description="add the two aligned crops the model embedded (aligned_a, aligned_b)")
     ] = False,
+    liveness: LivenessQuery = False,
 ):
     pixels_a, pixels_b = await asyncio.gather(read_image(image_a, settings), read_image(image_b, settings))
-    result = await faces.compare(pixels_a, pixels_b, include_aligned)
+    result = await faces.compare(pixels_a, pixels_b, include_aligned, liveness)
     aligned = [None, None]
     if include_aligned:
         aligned = await asyncio.to_thread(lambda: [png_data_url(result.aligned_a), png_data_url(result.aligned_b)])
@@ -94,4 +111,26 @@ async def face_similarity(
         face_b=faces_json(result.face_b)[0],
         aligned_a=aligned[0],
         aligned_b=aligned[1],
+        liveness_a=liveness_json(result.liveness_a),
+        liveness_b=liveness_json(result.liveness_b),
+    )
+
+
+@router.post(
+    "/liveness",
+    response_model=LivenessResponse,
+    summary="Is the main face live, or a photo of one (print, screen)? Needs the anti-spoofing model",
+    responses=LIVENESS_ERROR_RESPONSES,
+)
+async def liveness_check(
+    check: LivenessDep,
+    settings: SettingsDep,
+    image: Annotated[UploadFile, File(description="photo with a face")],
+):
+    checked = await check.check(await read_image(image, settings))
+    return LivenessResponse(
+        face=faces_json(checked.face)[0],
+        real_score=checked.verdict.real_score,
+        is_real=checked.verdict.is_real,
+        threshold=checked.threshold,
     )

@@ -23,7 +23,7 @@ from api.dependencies import (
     WriteKey,
     read_image,
 )
-from api.schemas import OPENAPI_JPEG_RESPONSE, Error, Unprocessable
+from api.schemas import OPENAPI_JPEG_RESPONSE, Error, Liveness, Unprocessable, liveness_json
 from gallery.store import Identity, Match
 from imaging.draw import JPEG_MEDIA_TYPE, KNOWN_COLOUR, UNKNOWN_COLOUR, annotated_jpeg
 from usecases.enrollment import Enrolled
@@ -86,6 +86,7 @@ class IdentifiedFace(BaseModel):
     score: float
     identity: MatchOut | None = Field(description="the best match, or null (unknown) below the threshold")
     matches: list[MatchOut]
+    liveness: Liveness | None = Field(default=None, description="only with liveness=true")
 
 
 class IdentifyResponse(BaseModel):
@@ -207,6 +208,7 @@ async def delete_all(people: PeopleDep, confirm: bool = False) -> Deleted:
 
 @router.post("/identify", response_model=IdentifyResponse, dependencies=[ReadKey],
              responses={**OPENAPI_JPEG_RESPONSE, **error_responses(400, 401, 413, 422, 503)},
+             response_model_exclude_unset=True,  # liveness only when asked for; identity stays null when unknown
              summary="Name every face in a photo, or call it unknown")
 async def identify(
     identification: IdentificationDep,
@@ -215,18 +217,23 @@ async def identify(
     top_k: Annotated[int, Form(ge=1, le=100)] = 5,
     threshold: Annotated[float | None, Form(ge=-1, le=1)] = None,
     annotate: Annotated[bool, Query(description="answer with the photo as a JPEG, names drawn")] = False,
+    liveness: Annotated[
+        bool, Query(description="also check every face with the anti-spoofing model (503 when it is not installed)")
+    ] = False,
 ):
     pixels = await read_image(image, settings)
-    result = await identification.identify(pixels, top_k, threshold)
-    faces = [
-        IdentifiedFace(
+    result = await identification.identify(pixels, top_k, threshold, liveness)
+    faces = []
+    for face in result.identified:
+        shaped = IdentifiedFace(
             bbox=[round(float(v), 2) for v in face.box],
             score=round(face.score, 4),
             identity=match_out(face.identity) if face.identity else None,
             matches=[match_out(m) for m in face.matches],
         )
-        for face in result.identified
-    ]
+        if liveness:
+            shaped.liveness = liveness_json(face.liveness)
+        faces.append(shaped)
     if annotate:
         labels = [f"{f.identity.name} {f.identity.similarity:.2f}" if f.identity else "unknown" for f in faces]
         colours = [KNOWN_COLOUR if f.identity else UNKNOWN_COLOUR for f in faces]

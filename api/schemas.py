@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from imaging.draw import JPEG_MEDIA_TYPE
+from usecases.liveness import Verdict
 from vision.detections import Detections
 
 
@@ -28,6 +29,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": Unprocessable, "description": "no face found, or a field missing or invalid"},
     503: {"model": Error, "description": "Triton unavailable or timed out (see Retry-After)"},
 }
+# Routes that can run the optional anti-spoofing model (`/liveness`, `?liveness=true`).
+LIVENESS_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    503: {"model": Error, "description": "Triton unavailable or timed out (see Retry-After), or the "
+          "anti-spoofing model asked for but not installed (the detail says how to install it)"},
+}
 # For a route's `responses=`: the 200 answer is also a JPEG (with ?annotate=true).
 OPENAPI_JPEG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -46,9 +53,23 @@ class Face(BaseModel):
     )
 
 
-def faces_json(found: Detections) -> list[Face]:
+class Liveness(BaseModel):
+    real_score: float = Field(description="mean over the anti-spoofing networks of P(real), in [0, 1]",
+                              examples=[0.97])
+    is_real: bool = Field(description="real_score >= LIVENESS_THRESHOLD", examples=[True])
+
+
+def liveness_json(verdict: Verdict | None) -> Liveness | None:
+    return None if verdict is None else Liveness(real_score=verdict.real_score, is_real=verdict.is_real)
+
+
+class DetectedFace(Face):
+    liveness: Liveness | None = Field(default=None, description="only with liveness=true")
+
+
+def faces_json(found: Detections, model: type[Face] = Face) -> list:
     return [
-        Face(
+        model(
             bbox=[round(float(v), 2) for v in box],
             score=round(float(score), 4),
             landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in points],
@@ -60,7 +81,7 @@ def faces_json(found: Detections) -> list[Face]:
 class DetectResponse(BaseModel):
     width: int = Field(examples=[640])
     height: int = Field(examples=[480])
-    faces: list[Face]
+    faces: list[DetectedFace]
     # Present only when the cap was hit, so an ordinary answer keeps its three fields.
     capped: bool | None = Field(
         default=None,
@@ -87,6 +108,16 @@ class SimilarityResponse(BaseModel):
         "as a data:image/png;base64 URL",
     )
     aligned_b: str | None = Field(default=None, description="only with include_aligned=true: the same for face_b")
+    liveness_a: Liveness | None = Field(default=None, description="only with liveness=true: face_a's verdict")
+    liveness_b: Liveness | None = Field(default=None, description="only with liveness=true: face_b's verdict")
+
+
+class LivenessResponse(BaseModel):
+    face: Face = Field(description="the primary face, chosen as /embedding chooses")
+    real_score: float = Field(description="mean over the anti-spoofing networks of P(real), in [0, 1]",
+                              examples=[0.97])
+    is_real: bool = Field(description="real_score >= threshold", examples=[True])
+    threshold: float = Field(description="LIVENESS_THRESHOLD", examples=[0.5])
 
 
 class Health(BaseModel):

@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", default=UPSTREAM_BASE_URL, help="mirror of the upstream folder (or file://)")
     parser.add_argument("--images", type=Path, action="append", default=[],
                         help="folder of photos for the real-crop check (default: the dev wheels' test photos)")
-    parser.add_argument("--served", action="store_true", help=f"also write {SERVED_FILENAME}, the served graph")
+    parser.add_argument("--served", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"also write {SERVED_FILENAME}, the served graph (default; what the service installs)")
     parser.add_argument("--opset", type=int, default=OPSET)
     parser.add_argument("--atol", type=float, default=ATOL, help="largest accepted softmax difference")
     args = parser.parse_args(argv)

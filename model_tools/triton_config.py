@@ -23,6 +23,7 @@ from settings import PROJECT_ROOT, Settings
 
 DETECTOR = "face_detector"
 RECOGNIZER = "fr_model"
+ANTISPOOF = "antispoof"  # optional: both MiniFASNets in one graph (model_tools/antispoof_install.py)
 MODEL_FILENAME = "model.onnx"
 MODEL_INFO = "model_info.json"
 PYTHON_BACKEND_SOURCE = PROJECT_ROOT / "model_tools" / "onnx_python_backend.py"
@@ -40,8 +41,11 @@ ONNX_TO_TRITON_DTYPE = {
 
 # Largest batch per model. The recognizer's is larger because one group photo sends all
 # its faces at once; the client splits bigger batches.
-MAX_BATCH_SIZE: dict[str, int] = {DETECTOR: 8, RECOGNIZER: 32}
+MAX_BATCH_SIZE: dict[str, int] = {DETECTOR: 8, RECOGNIZER: 32, ANTISPOOF: 32}
 DEFAULT_MAX_BATCH_SIZE = 8
+# What model_info.json says of a model that its config carries to the API (as `fr_<key>`):
+# GET /models shows them, and the anti-spoofing crops take their scales from there.
+MODEL_INFO_PARAMETERS = ("name", "sha256", "source_file", "scales", "channel_order", "licence")
 
 
 def model_tuning(name: str, settings: Settings) -> dict[str, int]:
@@ -182,7 +186,7 @@ def _model_parameters(repo: Path, name: str) -> dict[str, str]:
     info = json.loads(info_path.read_text())
     model = info.get("models", {}).get(name, {})
     params = {f"norm_{key}": str(value) for key, value in model.get("normalisation", {}).items()}
-    params |= {f"fr_{key}": str(model[key]) for key in ("name", "sha256", "source_file") if key in model}
+    params |= {f"fr_{key}": str(model[key]) for key in MODEL_INFO_PARAMETERS if key in model}
     params |= {f"fr_pack_{key}": str(info[key]) for key in ("pack", "source", "installed_at") if key in info}
     return params
 

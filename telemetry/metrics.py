@@ -29,6 +29,9 @@ TRITON_SECONDS = Histogram(
     "frtriton_triton_request_duration_seconds", "one inference call to Triton, by model and outcome",
     ["model", "outcome"], buckets=TRITON_BUCKETS,
 )
+LIVENESS_CHECKS = Counter(
+    "frtriton_liveness_checks", "faces checked by the anti-spoofing model, by verdict", ["result"]
+)
 GALLERY_IDENTITIES = Gauge("frtriton_gallery_identities", "people enrolled in the gallery")
 GALLERY_FACES = Gauge("frtriton_gallery_faces", "face samples stored in the gallery")
 

@@ -18,6 +18,7 @@ from gallery.store import Gallery, Identity
 from imaging.decode import Upload, read_upload
 from pipeline import FacePipeline
 from settings import Settings
+from usecases.liveness import LivenessCheck
 from vision.alignment import align_faces
 from vision.detections import Detections, has_clear_subject, primary_face
 from vision.quality import QualityLimits, face_quality, face_size, quality_problem
@@ -65,9 +66,10 @@ def enrollment_problem(image: np.ndarray, found: Detections, settings: Settings,
 class Enrollment:
     """Enroll people and add photos to them, refusing unusable photos with reasons."""
 
-    def __init__(self, pipeline: FacePipeline, gallery: Gallery, settings: Settings) -> None:
+    def __init__(self, pipeline: FacePipeline, gallery: Gallery, liveness: LivenessCheck, settings: Settings) -> None:
         self.pipeline = pipeline
         self.gallery = gallery
+        self.liveness = liveness
         self.settings = settings
 
     async def enroll(self, name: str, metadata: dict, uploads: Sequence[Upload]) -> Enrolled:
@@ -103,16 +105,37 @@ class Enrollment:
         refused = [Refused(i, p.message) for i, p in enumerate(photos) if isinstance(p, FaceServiceError)]
         positions = [i for i, p in enumerate(photos) if not isinstance(p, FaceServiceError)]
         images = [photos[i] for i in positions]
+        if self.settings.enroll_require_live:
+            await self.pipeline.require_liveness()  # a clear 503 before any work when it cannot be checked
         results = await self.pipeline.faces_with_embeddings(images) if images else []
         crop_size = await self.pipeline.crop_size()
-        vectors = []
+        usable = []  # (index, image, main face, its embedding)
         for index, image, (found, embeddings) in zip(positions, images, results, strict=True):
             reason = enrollment_problem(image, found, self.settings, crop_size)
             if reason is None:
-                vectors.append(embeddings[primary_face(found.boxes, image.shape[:2])])
+                main = primary_face(found.boxes, image.shape[:2])
+                usable.append((index, image, found.take([main]), embeddings[main]))
             else:
                 refused.append(Refused(index, reason))
+        if self.settings.enroll_require_live and usable:
+            usable, spoofed = await self.live_only(usable)
+            refused += spoofed
+        vectors = [embedding for _, _, _, embedding in usable]
         refused.sort(key=lambda r: r.index)
         if not vectors:
             raise NoUsableFace("; ".join(f"image {r.index}: {r.reason}" for r in refused))
         return np.stack(vectors), refused
+
+    async def live_only(self, usable: list) -> tuple[list, list[Refused]]:
+        """ENROLL_REQUIRE_LIVE: the photos whose main face the anti-spoofing model calls live, and the rest."""
+        verdicts = await self.liveness.verdicts([u[1] for u in usable], [u[2] for u in usable])
+        live, spoofed = [], []
+        for item, [verdict] in zip(usable, verdicts, strict=True):
+            if verdict.is_real:
+                live.append(item)
+            else:
+                spoofed.append(Refused(item[0], (
+                    f"looks like a photo of a photo or a screen, not a live face "
+                    f"(real score {verdict.real_score:.2f}; at least {self.liveness.threshold:g})"
+                )))
+        return live, spoofed

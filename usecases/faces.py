@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline import FacePipeline
 from settings import Settings
+from usecases.liveness import LivenessCheck, Verdict
 from vision.alignment import align_faces, cosine_similarity
 from vision.detections import Detections
 
@@ -23,6 +24,7 @@ class FoundFaces:
 
     faces: Detections
     capped: bool
+    liveness: list[Verdict] | None = None  # one per face, only when asked for
 
 
 @dataclass(frozen=True)
@@ -44,26 +46,37 @@ class Comparison:
     face_b: Detections
     aligned_a: np.ndarray | None = None
     aligned_b: np.ndarray | None = None
+    liveness_a: Verdict | None = None  # only when asked for
+    liveness_b: Verdict | None = None
 
 
 class FaceUseCases:
     """Detect, embed and compare: the face routes' use cases."""
 
-    def __init__(self, pipeline: FacePipeline, settings: Settings) -> None:
+    def __init__(self, pipeline: FacePipeline, liveness: LivenessCheck, settings: Settings) -> None:
         self.pipeline = pipeline
+        self.liveness = liveness
         self.settings = settings
 
-    async def detect(self, image: np.ndarray) -> FoundFaces:
+    async def detect(self, image: np.ndarray, liveness: bool = False) -> FoundFaces:
+        """Every face; with `liveness` each face's verdict too (LivenessUnavailable when not installed)."""
+        if liveness:
+            await self.pipeline.require_liveness()
         [found] = await self.pipeline.detect([image])
-        return FoundFaces(found, capped=len(found) >= self.settings.max_faces)
+        verdicts = (await self.liveness.verdicts([image], [found]))[0] if liveness else None
+        return FoundFaces(found, capped=len(found) >= self.settings.max_faces, liveness=verdicts)
 
     async def embed(self, image: np.ndarray) -> Embedded:
         """Raises NoFaceDetected when the image holds no face."""
         [(face, vector)] = await self.pipeline.primary_embeddings([image])
         return Embedded(face, vector)
 
-    async def compare(self, image_a: np.ndarray, image_b: np.ndarray, include_aligned: bool = False) -> Comparison:
+    async def compare(
+        self, image_a: np.ndarray, image_b: np.ndarray, include_aligned: bool = False, liveness: bool = False
+    ) -> Comparison:
         """Cosine of the two main faces against SIMILARITY_THRESHOLD; raises NoFaceDetected naming the image."""
+        if liveness:
+            await self.pipeline.require_liveness()
         (face_a, vec_a), (face_b, vec_b) = await self.pipeline.primary_embeddings(
             [image_a, image_b], labels=("image_a", "image_b")
         )
@@ -73,5 +86,8 @@ class FaceUseCases:
             size = await self.pipeline.crop_size()
             pairs = ((image_a, face_a), (image_b, face_b))
             aligned = await asyncio.to_thread(lambda: tuple(align_faces(i, f.landmarks, size)[0] for i, f in pairs))
+        verdicts = [None, None]
+        if liveness:
+            verdicts = [v for [v] in await self.liveness.verdicts([image_a, image_b], [face_a, face_b])]
         threshold = self.settings.similarity_threshold
-        return Comparison(similarity, similarity >= threshold, threshold, face_a, face_b, *aligned)
+        return Comparison(similarity, similarity >= threshold, threshold, face_a, face_b, *aligned, *verdicts)

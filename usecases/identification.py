@@ -10,6 +10,7 @@ import numpy as np
 from gallery.store import Gallery, Match
 from pipeline import FacePipeline
 from settings import Settings
+from usecases.liveness import LivenessCheck, Verdict
 from vision.detections import Detections
 
 
@@ -19,6 +20,7 @@ class IdentifiedFace:
     score: float
     identity: Match | None  # the best match when it reaches the threshold, else None (unknown)
     matches: list[Match]  # the top_k nearest people, best first
+    liveness: Verdict | None = None  # only when asked for
 
 
 @dataclass(frozen=True)
@@ -29,18 +31,27 @@ class Identified:
 
 
 class Identification:
-    def __init__(self, pipeline: FacePipeline, gallery: Gallery, settings: Settings) -> None:
+    def __init__(self, pipeline: FacePipeline, gallery: Gallery, liveness: LivenessCheck, settings: Settings) -> None:
         self.pipeline = pipeline
         self.gallery = gallery
+        self.liveness = liveness
         self.settings = settings
 
-    async def identify(self, image: np.ndarray, top_k: int, threshold: float | None = None) -> Identified:
-        """Every face of the image with its top_k gallery matches; IDENTIFY_THRESHOLD unless `threshold`."""
+    async def identify(
+        self, image: np.ndarray, top_k: int, threshold: float | None = None, liveness: bool = False
+    ) -> Identified:
+        """Every face of the image with its top_k gallery matches; IDENTIFY_THRESHOLD unless `threshold`.
+
+        With `liveness` every face also gets its verdict (LivenessUnavailable when not installed).
+        """
         cut = self.settings.identify_threshold if threshold is None else threshold
+        if liveness:
+            await self.pipeline.require_liveness()
         [(found, embeddings)] = await self.pipeline.faces_with_embeddings([image])
         candidates = await asyncio.to_thread(self.gallery.search, embeddings, top_k) if len(found) else []
+        verdicts = (await self.liveness.verdicts([image], [found]))[0] if liveness else [None] * len(found)
         identified = []
-        for box, score, matches in zip(found.boxes, found.scores, candidates, strict=True):
+        for box, score, matches, verdict in zip(found.boxes, found.scores, candidates, verdicts, strict=True):
             best = matches[0] if matches and matches[0].similarity >= cut else None
-            identified.append(IdentifiedFace(box, float(score), best, matches))
+            identified.append(IdentifiedFace(box, float(score), best, matches, verdict))
         return Identified(found, cut, identified)

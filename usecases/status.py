@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from errors import InferenceUnavailable
-from triton_service import DETECTOR, RECOGNIZER
+from triton_service import ANTISPOOF, DETECTOR, RECOGNIZER
 
 CORE_MODELS = (DETECTOR, RECOGNIZER)  # what /ready needs; optional models do not gate it
+OPTIONAL_MODELS = (ANTISPOOF,)
 
 
 class ModelServer(Protocol):
     async def readiness(self, models: Sequence[str]) -> str | None: ...
+    async def serves(self, model: str) -> bool: ...
     async def config(self, model: str) -> dict: ...
 
 
@@ -29,5 +31,7 @@ class ServiceStatus:
         return list(CORE_MODELS)
 
     async def model_configs(self) -> list[dict]:
-        """Triton's config (JSON) of every served model, detector first."""
-        return list(await asyncio.gather(*(self.server.config(model) for model in CORE_MODELS)))
+        """Triton's config (JSON) of every served model: detector, recognizer, then anti-spoofing when there."""
+        served = await asyncio.gather(*(self.server.serves(model) for model in OPTIONAL_MODELS))
+        models = [*CORE_MODELS, *(m for m, there in zip(OPTIONAL_MODELS, served, strict=True) if there)]
+        return list(await asyncio.gather(*(self.server.config(model) for model in models)))

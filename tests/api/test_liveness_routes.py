@@ -1,0 +1,235 @@
+"""Integration: the anti-spoofing model on a real Triton, through the API, against the PyTorch models.
+
+A session converts the authors' checkpoints (`../shared/models/antispoof`) with
+`convert_to_onnx.py antispoof`'s code and installs the served graph into a scratch copy of the
+model repository (`model_tools.antispoof_install`, what ANTISPOOF_FROM does). A second Triton on
+the core models alone shows the 503 and that everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import LFW_DIR, ROOT, ApiProcess, TritonProcess, model_repository, photo
+from imaging.decode import decode_image
+from pipeline import FacePipeline
+from settings import Settings
+from triton_service import TritonClient
+from vision.detections import primary_face
+
+ANTISPOOF_DIR = ROOT.parent / "shared" / "models" / "antispoof"
+SAMPLES = {"image_F1.jpg": False, "image_F2.jpg": False, "image_T1.jpg": True}  # is_real per the authors
+SCORE_TOLERANCE = 1e-3
+LFW_PHOTOS = 24
+
+
+def checkpoints() -> Path:
+    if not (ANTISPOOF_DIR / "2.7_80x80_MiniFASNetV2.pth").is_file():
+        pytest.skip(f"anti-spoofing checkpoints not found at {ANTISPOOF_DIR}")
+    pytest.importorskip("torch", reason="converting the checkpoints needs torch (requirements-dev.txt)")
+    return ANTISPOOF_DIR
+
+
+def core_repository(target: Path) -> Path:
+    """A copy of the project's repository with the detector and recognizer only."""
+    source = model_repository()
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "model_info.json", target / "model_info.json")
+    for model in ("face_detector", "fr_model"):
+        shutil.copytree(source / model, target / model)
+    return target
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model_tools.antispoof_export import convert
+
+    out = tmp_path_factory.mktemp("antispoof-onnx")
+    convert(checkpoints(), out, served=True, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def live_triton(converted: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    from model_tools.antispoof_install import install
+
+    folder = tmp_path_factory.mktemp("live-triton")
+    repo = core_repository(folder / "repo")
+    install(converted, repo)
+    server = TritonProcess(repo, folder / "triton.log").start()
+    yield server
+    server.stop()
+
+
+def api_on(triton: TritonProcess, folder: Path, **env: str) -> ApiProcess:
+    return ApiProcess({"TRITON_URL": triton.url, "GALLERY_DB": str(folder / "gallery.db"), **env},
+                      folder / "api.log").start()
+
+
+@pytest.fixture(scope="session")
+def live_api(live_triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    server = api_on(live_triton, tmp_path_factory.mktemp("live-api"), ENROLL_REQUIRE_LIVE="true")
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def reference():
+    from model_tools.minifasnet import TorchReference
+
+    return TorchReference.from_folder(checkpoints())
+
+
+def pytorch_score(triton: TritonProcess, reference, data: bytes) -> float:
+    """The authors' models in PyTorch on the primary face the served pipeline finds (unrounded box)."""
+    image = decode_image(data, max_pixels=Settings().max_image_pixels)
+
+    async def primary_box() -> np.ndarray:
+        client = TritonClient(triton.url, 60)
+        await client.open()
+        try:
+            [found] = await FacePipeline(client, Settings()).detect([image])
+        finally:
+            await client.close()
+        return found.boxes[[primary_face(found.boxes, image.shape[:2])]]
+
+    return float(reference.real_scores(image[..., ::-1], asyncio.run(primary_box()))[0])
+
+
+def sample(name: str) -> bytes:
+    return (checkpoints() / "samples" / name).read_bytes()
+
+
+@pytest.mark.parametrize(("name", "is_real"), sorted(SAMPLES.items()))
+def test_liveness_calls_the_authors_samples_as_they_do(live_api, live_triton, reference, name, is_real) -> None:
+    answer = live_api.post("/liveness", files={"image": (name, sample(name))})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert set(body) == {"face", "real_score", "is_real", "threshold"}
+    assert set(body["face"]) == {"bbox", "score", "landmarks"}
+    assert body["threshold"] == 0.5 and 0 <= body["real_score"] <= 1
+    assert body["is_real"] is is_real and body["is_real"] == (body["real_score"] >= body["threshold"])
+    assert abs(body["real_score"] - pytorch_score(live_triton, reference, sample(name))) <= SCORE_TOLERANCE
+
+
+def lfw_photos(count: int) -> list[Path]:
+    if not (LFW_DIR / "pairs.tsv").is_file():
+        pytest.skip(f"LFW dev-test pairs not found at {LFW_DIR}")
+    photos = sorted((LFW_DIR / "original").glob("*/*.jpg"))
+    return photos[:: max(1, len(photos) // count)][:count]
+
+
+def test_served_scores_equal_pytorch_on_lfw_photos(live_api, live_triton, reference) -> None:
+    differences = []
+    for path in lfw_photos(LFW_PHOTOS):
+        answer = live_api.post("/liveness", files={"image": (path.name, path.read_bytes())})
+        assert answer.status_code == 200, (path, answer.text)
+        differences.append(abs(answer.json()["real_score"] - pytorch_score(live_triton, reference, path.read_bytes())))
+    assert len(differences) == LFW_PHOTOS and max(differences) <= SCORE_TOLERANCE, max(differences)
+
+
+def test_detect_with_liveness_scores_every_face_like_liveness_scores_the_main_one(live_api) -> None:
+    data = photo("t1.jpg").read_bytes()
+    plain = live_api.post("/detect", files={"image": ("t1.jpg", data)}).json()
+    checked = live_api.post("/detect?liveness=true", files={"image": ("t1.jpg", data)}).json()
+    assert "liveness" not in plain["faces"][0]
+    assert [f["bbox"] for f in checked["faces"]] == [f["bbox"] for f in plain["faces"]] and len(plain["faces"]) == 6
+    for face in checked["faces"]:
+        assert set(face["liveness"]) == {"real_score", "is_real"}
+        assert face["liveness"]["is_real"] == (face["liveness"]["real_score"] >= 0.5)
+    one = live_api.post("/liveness", files={"image": ("T1.jpg", sample("image_T1.jpg"))}).json()
+    again = live_api.post("/detect?liveness=true", files={"image": ("T1.jpg", sample("image_T1.jpg"))}).json()
+    assert one["real_score"] in [f["liveness"]["real_score"] for f in again["faces"]]
+
+
+def test_similarity_and_identify_carry_liveness_only_when_asked(live_api) -> None:
+    files = {"image_a": ("T1.jpg", sample("image_T1.jpg")), "image_b": ("F2.jpg", sample("image_F2.jpg"))}
+    plain = live_api.post("/face-similarity", files=files).json()
+    assert "liveness_a" not in plain
+    checked = live_api.post("/face-similarity?liveness=true", files=files).json()
+    assert checked["liveness_a"]["is_real"] is True and checked["liveness_b"]["is_real"] is False
+    identified = live_api.post("/identify?liveness=true", files={"image": ("t1.jpg", photo("t1.jpg").read_bytes())})
+    assert identified.status_code == 200, identified.text
+    faces = identified.json()["faces"]
+    assert len(faces) == 6 and all(set(f["liveness"]) == {"real_score", "is_real"} for f in faces)
+    assert all(f["identity"] is None for f in faces)  # an empty gallery: unknown, and still null
+    unasked = live_api.post("/identify", files={"image": ("t1.jpg", photo("t1.jpg").read_bytes())}).json()
+    assert all("liveness" not in f and f["identity"] is None for f in unasked["faces"])
+
+
+def test_enrollment_requiring_live_faces_refuses_a_spoof_with_its_score(live_api) -> None:
+    answer = live_api.post("/identities", data={"name": "Spoofed"},
+                           files=[("images", ("T1.jpg", sample("image_T1.jpg"))),
+                                  ("images", ("F2.jpg", sample("image_F2.jpg")))])
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert body["num_faces"] == 1
+    [refused] = body["rejected"]
+    assert refused["index"] == 1 and "real score 0.00" in refused["reason"] and "at least 0.5" in refused["reason"]
+    only_spoof = live_api.post("/identities", data={"name": "Only spoof"},
+                               files=[("images", ("F2.jpg", sample("image_F2.jpg")))])
+    assert only_spoof.status_code == 422 and "real score" in only_spoof.json()["detail"]
+
+
+def test_models_metrics_and_ready_with_the_anti_spoofing_model(live_api) -> None:
+    names = [m["name"] for m in live_api.get("/models").json()["models"]]
+    assert names == ["face_detector", "fr_model", "antispoof"]
+    served = live_api.get("/models").json()["models"][2]
+    assert served["inputs"][0]["data_type"] == "TYPE_UINT8" and served["inputs"][0]["dims"] == [2, 80, 80, 3]
+    assert live_api.get("/ready").json()["models"] == ["face_detector", "fr_model"]
+    live_api.post("/liveness", files={"image": ("T1.jpg", sample("image_T1.jpg"))})
+    scrape = live_api.get("/metrics").text
+    assert 'frtriton_liveness_checks_total{result="real"}' in scrape
+
+
+# --------------------------------------------------------------------------- not installed
+@pytest.fixture(scope="module")
+def core_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    folder = tmp_path_factory.mktemp("core-only")
+    triton = TritonProcess(core_repository(folder / "repo"), folder / "triton.log").start()
+    server = api_on(triton, folder)
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+    server.stop()
+    triton.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/liveness", {"image": "t1.jpg"}),
+        ("/detect?liveness=true", {"image": "t1.jpg"}),
+        ("/identify?liveness=true", {"image": "t1.jpg"}),
+        ("/face-similarity?liveness=true", {"image_a": "t1.jpg", "image_b": "t1.jpg"}),
+    ],
+)
+def test_without_the_model_liveness_answers_503_saying_how_to_install_it(core_api, path, fields) -> None:
+    files = {field: (name, photo(name).read_bytes()) for field, name in fields.items()}
+    answer = core_api.post(path, files=files)
+    assert answer.status_code == 503, answer.text
+    assert "ANTISPOOF_FROM" in answer.json()["detail"] and "Retry-After" in answer.headers
+
+
+def test_without_the_model_everything_else_keeps_working(core_api) -> None:
+    assert core_api.get("/ready").status_code == 200
+    assert [m["name"] for m in core_api.get("/models").json()["models"]] == ["face_detector", "fr_model"]
+    data = photo("t1.jpg").read_bytes()
+    assert core_api.post("/detect", files={"image": ("t1.jpg", data)}).status_code == 200
+    assert core_api.post("/liveness", files={"image": ("x.jpg", b"not an image")}).status_code == 400
+
+
+def test_liveness_without_a_face_is_422_and_a_bad_image_400(live_api) -> None:
+    import cv2
+
+    blank = cv2.imencode(".png", np.full((200, 200, 3), 128, np.uint8))[1].tobytes()
+    answer = live_api.post("/liveness", files={"image": ("blank.png", blank)})
+    assert answer.status_code == 422 and "no face" in answer.json()["detail"]
+    assert live_api.post("/liveness", files={"image": ("x.jpg", b"\xff\xd8 not a jpeg")}).status_code == 400
