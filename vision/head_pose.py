@@ -16,18 +16,21 @@ was trained on.
 
 The model (`FACE_MODEL`, millimetres) is an average face with 63 mm between the eye centres:
 its frontal view has the template's proportions (nose tip 36 mm below the eye line, mouth
-corners 52 mm apart and 73 mm below it) and its depths are anthropometric averages (nose tip
-30 mm in front of the eyes, mouth corners 10 mm). The camera is unknown: its principal point
-is put at the landmarks' centroid and its focal length so that the face is `CAMERA_DISTANCE_MM`
-away, close to weak perspective (at 1 m the depth of a face changes its scale by 3 %), which
-suits portraits from half a metre to telephoto.
+corners 52 mm apart and 73 mm below it); its depths (nose tip 30 mm in front of the eyes,
+mouth corners as deep as the eyes) are measured: over the LFW dev-test photos the full fit
+below leaves the least reprojection error with the nose 30-35 mm in front and the mouth at 0
+(of 20-40 and 0-20 mm tried), the nose fit with the mouth 5-10 mm behind; the model takes the
+eyes' depth, between the two. The camera is unknown: its principal point is put at the
+landmarks' centroid and its focal length so that the face is `CAMERA_DISTANCE_MM` away, close
+to weak perspective (at 1 m the depth of a face changes its scale by 3 %), which suits
+portraits from half a metre to telephoto.
 
 Five points barely determine six degrees of freedom, and two of them, the mouth corners, move
 with expression: a broad smile lifts them almost to the nose, which a plain fit of all five
-points reads as the head nodding down by 50 degrees. Without the mouth's height, pitch rests on
-the nose tip's height under the eyes alone, which a long nose or a low-placed nose landmark
-reads as the same nod. So two fits are made (Levenberg-Marquardt from a frontal start, the
-same minimum `cv2.solvePnP`'s iterative method finds):
+points reads as the head nodding down by 30-43 degrees. Without the mouth's height, pitch
+rests on the nose tip's height under the eyes alone, which a long nose or a low-placed nose
+landmark reads as the same nod. So two fits are made (Levenberg-Marquardt from a frontal
+start, the same minimum `cv2.solvePnP`'s iterative method finds):
 
 * the *nose fit* weights the reprojection error of the mouth corners' height by zero
   (`LANDMARK_WEIGHTS`): eyes, nose tip and the mouth corners' horizontal position;
@@ -39,10 +42,11 @@ and roll come from the nose fit. Pitch is the one of the two pitches nearer zero
 they disagree in sign: a real nod moves the nose and foreshortens the mouth, so both fits see
 it; a smile moves only the full fit, an unusual nose mostly the nose fit. The price: looking
 down past about 40 degrees, the nose tip climbs back towards the eyes, so the nose fit (and
-with it pitch) saturates at 20-40 degrees; looking up is measured to -50 and beyond. On the LFW
-dev-test photos (`benchmarks/quality_reject_curve.py`), frontal portraits with broad smiles that
-the full fit puts at 50 degrees get 5-15, and the photos with the largest pitch are people
-plainly looking up or down (README, Enrollment quality).
+with it pitch) peaks at about 36 for a head bowed 40 and falls back (20 at 60); looking up is
+measured to -60 and beyond. On the LFW dev-test photos (`benchmarks/quality_reject_curve.py`),
+frontal portraits with broad smiles that the full fit puts at 30-43 degrees get 4-16, and the
+photos with the largest pitch are people plainly looking up or down (README, Enrollment
+quality).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ import numpy as np
 # left eye, right eye (as in the image: the right one has the larger x), nose tip, mouth corners.
 # Written from the eyes' midpoint (x right, y down, z away from the camera), then centred on
 # the five points' centroid: the point the camera looks at.
-_MODEL = np.array([[-31.5, 0.0, 0.0], [31.5, 0.0, 0.0], [0.2, 36.0, -30.0], [-25.7, 72.9, -10.0], [26.5, 72.6, -10.0]])
+_MODEL = np.array([[-31.5, 0.0, 0.0], [31.5, 0.0, 0.0], [0.2, 36.0, -30.0], [-25.7, 72.9, 0.0], [26.5, 72.6, 0.0]])
 FACE_MODEL = _MODEL - _MODEL.mean(axis=0)
 # The nose fit's weights of the reprojection error, (5, 2) for (x, y) of each landmark: the
 # mouth corners' height, which expression moves, not at all.
