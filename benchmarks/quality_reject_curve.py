@@ -207,7 +207,7 @@ def plot(pops: list[Population], settings: Settings, path: Path) -> None:
         band = np.array([np.percentile(chance(pop, int(f * pop.photos), threshold, 200, rng), [5, 95]) for f in grid])
         ax.fill_between(100 * grid, 100 * band[:, 0], 100 * band[:, 1], color="grey", alpha=0.2,
                         label="refused at random (90 %)")
-        ax.axhline(100 * base, color="grey", ls="--", lw=1)
+        ax.axhline(100 * base, color="grey", ls="--", lw=1, label="refused at random (expected)")
         for check in checks(settings):
             badness = check.badness(pop.quality)
             x, y = curve(pop, badness, threshold, top)
@@ -225,7 +225,8 @@ def plot(pops: list[Population], settings: Settings, path: Path) -> None:
         ax.set_ylabel(f"FNMR at similarity {threshold:g} (%)")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, loc="lower left")
-    fig.suptitle("Error versus reject (ISO/IEC 29794-1): dots are the default limits", fontsize=10)
+    fig.suptitle("Error versus reject (ISO/IEC 29794-1) of the enrollment checks on LFW dev-test; "
+                 "dots: the default limits", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
