@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -77,18 +77,28 @@ class Settings(BaseSettings):
     gallery_scoring: Literal["centroid", "best_sample"] = Field(
         default="centroid", description="score a person by the centroid of their samples or their best sample"
     )
-    # Enrollment quality (vision/quality.py). Defaults from benchmarks/enroll_quality.py on the 3,097
-    # LFW dev-test photos (README, Identification): together they refuse 2.1 % of them (heads
-    # turned or tilted away), 97.5-100 % of the same photos blurred, 98.6-100 % shrunk 4x.
+    # Enrollment quality (vision/quality.py). Each default grounded in recognition by
+    # benchmarks/quality_reject_curve.py on the LFW dev-test photos (README, Enrollment quality):
+    # size and sharpness refuse the shrunk and blurred copies whose pairs fail to match (they
+    # remove errors far faster than chance); the pose limits refuse only the clearly unusable
+    # (profiles), since on ordinary photos no pose limit removes errors faster than chance.
+    # Together they refuse 0.26 % / 0.19 % of the ordinary photos (deep-funneled / original),
+    # 97.5 / 100 % of them blurred (sigma 3), 98.6 / 100 % shrunk 4x (benchmarks/enroll_quality.py).
     enroll_min_face_size: float = Field(
         default=40.0, ge=0, description="enrolled faces: at least this many pixels wide"
     )
     enroll_min_sharpness: float = Field(
         default=20.0, ge=0, description="enrolled faces: Laplacian variance of the 112x112 grey crop"
     )
-    enroll_max_yaw: float = Field(default=0.45, ge=0, description="enrolled faces: nose off-centre, in eye distances")
+    enroll_max_yaw: float = Field(
+        default=60.0, ge=0, le=180,
+        description="enrolled faces: head turned sideways at most this many degrees either way "
+        "(degrees since issue 15; before, eye distances)",
+    )
     enroll_max_pitch: float = Field(
-        default=0.3, ge=0, description="enrolled faces: nose height off the template's, in eye-to-mouth heights"
+        default=45.0, ge=0, le=180,
+        description="enrolled faces: head tilted up or down at most this many degrees "
+        "(degrees since issue 15; before, eye-to-mouth heights)",
     )
     enroll_single_face_only: bool = Field(
         default=False,
@@ -135,6 +145,16 @@ class Settings(BaseSettings):
         description="read by `make run` / `make models` / Docker/start.sh: install the anti-spoofing model from "
         "this folder (converted ONNX, or the authors' checkpoints with torch) before Triton starts",
     )
+
+    @field_validator("enroll_max_yaw", "enroll_max_pitch")
+    @classmethod
+    def _angle_in_degrees(cls, value: float, info: ValidationInfo) -> float:
+        if 0 < value < 1:  # 0.45 or 0.3: the old units (eye distances, eye-to-mouth heights)
+            raise ValueError(
+                f"{info.field_name.upper()}={value:g} looks like the old unit: it is now in degrees "
+                f"(default {cls.model_fields[info.field_name].default:g})"
+            )
+        return value
 
     @property
     def detector_canvases(self) -> list[int]:

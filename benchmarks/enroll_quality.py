@@ -1,14 +1,17 @@
-"""Measure enrollment-quality numbers on labelled photos, to choose the ENROLL_* thresholds.
+"""Enrollment-quality numbers on labelled photos: how many the ENROLL_* thresholds refuse.
 
-    python benchmarks/enroll_quality.py [--url http://127.0.0.1:3000] [--lfw DIR] [--limit N]
+    python benchmarks/enroll_quality.py [--url http://127.0.0.1:3000] [--lfw DIR]
+        [--faces benchmarks/out/lfw_faces.npz] [--remeasure]
 
-Needs the service running (`make run`): faces come from its /detect; the quality numbers
-(`quality.face_quality`: size, sharpness, yaw, pitch) are computed here on the same aligned
-crop the service embeds. For every LFW dev-test photo (both folders) it measures the main
-face as it is, and the same photo degraded: Gaussian blur (sigma 3) and shrunk to a quarter
-(faces of ~25-40 px). Prints percentiles per set and how many of each set the configured
-thresholds (Settings: ENROLL_MIN_FACE_SIZE, ENROLL_MIN_SHARPNESS, ENROLL_MAX_YAW,
-ENROLL_MAX_PITCH) reject, and writes JSON.
+Faces come from the running service's /embedding (`make run`), once: every LFW dev-test photo
+of both folders as it is and degraded (Gaussian blur sigma 3; shrunk to a quarter, faces of
+~20-35 px), its main face's landmarks, embedding and crop sharpness (`measure`, on the same
+aligned crop the service embeds), stored in --faces and reused from there (also by
+`quality_reject_curve.py`, which grounds the thresholds in recognition). The quality numbers
+(`quality.face_quality_from`: size, sharpness, yaw, pitch, roll) are computed with the current
+code. Prints, per set, how many photos the configured thresholds (Settings:
+ENROLL_MIN_FACE_SIZE, ENROLL_MIN_SHARPNESS, ENROLL_MAX_YAW, ENROLL_MAX_PITCH) refuse and why,
+and percentiles of each number; writes JSON.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imaging.decode import decode_image  # noqa: E402
 from settings import Settings  # noqa: E402
 from vision.alignment import align_faces  # noqa: E402
-from vision.detections import primary_face  # noqa: E402
-from vision.quality import FaceQuality, QualityLimits, face_quality, quality_problem  # noqa: E402
+from vision.quality import FaceQuality, QualityLimits, face_quality_from, quality_problem, sharpness  # noqa: E402
+
+FOLDERS = ("deepfunneled", "original")
+LFW = Path(__file__).resolve().parents[2] / "shared/datasets/lfw-devtest"
 
 VARIANTS = ("as is", "blurred (sigma 3)", "quarter size")
 
@@ -51,53 +56,111 @@ def variant(data: bytes, kind: str) -> bytes:
 
 
 def measure(client: httpx.Client, data: bytes) -> dict | None:
-    answer = client.post("/detect", files={"image": ("p.jpg", data)})
-    if answer.status_code != 200 or not answer.json()["faces"]:
+    """The main face of one photo as enrollment sees it, or None without a face.
+
+    `/embedding` picks the main face as enrollment does; the aligned crop is rebuilt here from
+    its landmarks. -> {"landmarks": (5, 2), "embedding": (D,), "sharpness": float}.
+    """
+    answer = client.post("/embedding", files={"image": ("p.jpg", data)})
+    if answer.status_code == 422 and "no face" in answer.text:
         return None
-    faces = answer.json()["faces"]
+    answer.raise_for_status()
+    body = answer.json()
+    landmarks = np.array(body["face"]["landmarks"], np.float64)
     image = decode_image(data, max_pixels=40_000_000)
-    boxes = np.array([f["bbox"] for f in faces], np.float32)
-    landmarks = np.array([f["landmarks"] for f in faces], np.float32)
-    main = primary_face(boxes, image.shape[:2])
-    crop = align_faces(image, landmarks[main : main + 1])[0]
-    return face_quality(landmarks[main], crop).as_dict()
+    crop = align_faces(image, landmarks[None].astype(np.float32))[0]
+    return {"landmarks": landmarks, "embedding": np.array(body["embedding"], np.float32), "sharpness": sharpness(crop)}
+
+
+def measure_folder(client: httpx.Client, pool: ThreadPoolExecutor, root: Path, kind: str) -> dict[str, np.ndarray]:
+    """Every photo under root (sorted relative paths) -> arrays; NaN rows where no face was found."""
+    paths = sorted(root.glob("*/*.jpg"))
+    found = list(pool.map(lambda p: measure(client, variant(p.read_bytes(), kind)), paths))
+    dim = next(len(f["embedding"]) for f in found if f)
+    blank = {"landmarks": np.full((5, 2), np.nan), "embedding": np.full(dim, np.nan), "sharpness": np.nan}
+    rows = [f or blank for f in found]
+    return {
+        "names": np.array([str(p.relative_to(root)) for p in paths]),
+        "landmarks": np.stack([r["landmarks"] for r in rows]),
+        "embedding": np.stack([r["embedding"] for r in rows]).astype(np.float32),
+        "sharpness": np.array([r["sharpness"] for r in rows]),
+    }
+
+
+def measure_all(url: str, lfw: Path, out: Path) -> None:
+    """Both folders, every variant, through the service at `url` -> one .npz at `out`."""
+    arrays = {}
+    with httpx.Client(base_url=url, timeout=120) as client, ThreadPoolExecutor(4) as pool:
+        for folder in FOLDERS:
+            for kind in VARIANTS:
+                print(f"measuring {folder} / {kind}", flush=True)
+                for key, value in measure_folder(client, pool, lfw / folder, kind).items():
+                    arrays[f"{folder}|{kind}|{key}"] = value
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **arrays)
+
+
+def load_faces(path: Path) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """(folder, variant) -> {"names", "landmarks", "embedding", "sharpness"} as `measure_all` stored them."""
+    faces: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    with np.load(path) as data:
+        for key in data.files:
+            folder, kind, name = key.split("|")
+            faces.setdefault((folder, kind), {})[name] = data[key]
+    return faces
+
+
+def faces_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:3000", help="the running service (only to measure)")
+    parser.add_argument("--lfw", type=Path, default=LFW)
+    parser.add_argument("--faces", type=Path, default=Path("benchmarks/out/lfw_faces.npz"))
+    parser.add_argument("--remeasure", action="store_true", help="measure again even if --faces exists")
+
+
+def read_faces(args: argparse.Namespace) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    if args.remeasure or not args.faces.is_file():
+        measure_all(args.url, args.lfw, args.faces)
+    return load_faces(args.faces)
+
+
+def limits_of(settings: Settings) -> QualityLimits:
+    return QualityLimits(settings.enroll_min_face_size, settings.enroll_min_sharpness,
+                         settings.enroll_max_yaw, settings.enroll_max_pitch)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:3000")
-    parser.add_argument("--lfw", type=Path, default=Path(__file__).resolve().parents[2] / "shared/datasets/lfw-devtest")
-    parser.add_argument("--limit", type=int, default=0, help="photos per folder (0: all)")
+    faces_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/enroll_quality.json"))
     args = parser.parse_args(argv)
-    settings = Settings()
-    limits = QualityLimits(settings.enroll_min_face_size, settings.enroll_min_sharpness,
-                           settings.enroll_max_yaw, settings.enroll_max_pitch)
+    limits = limits_of(Settings())
     report = {}
-    with httpx.Client(base_url=args.url, timeout=60) as client, ThreadPoolExecutor(4) as pool:
-        for folder in ("deepfunneled", "original"):
-            paths = sorted((args.lfw / folder).glob("*/*.jpg"))
-            paths = paths[: args.limit] if args.limit else paths
-            originals = [p.read_bytes() for p in paths]
-            for kind in VARIANTS:
-                found = [q for q in pool.map(lambda d, k=kind: measure(client, variant(d, k)), originals) if q]
-                rejected = [quality_problem(FaceQuality(**q), limits) for q in found]
-                reasons: dict[str, int] = {}
-                for reason in filter(None, rejected):
-                    key = reason.split(" (")[0]
-                    reasons[key] = reasons.get(key, 0) + 1
-                stats = {
-                    name: {f"p{p}": round(float(np.percentile([q[name] for q in found], p)), 3)
-                           for p in (0.5, 1, 5, 50, 95, 99, 99.5)}
-                    for name in ("size", "sharpness", "yaw", "pitch")
-                }
-                entry = {"photos": len(paths), "with_face": len(found), "rejected": sum(map(bool, rejected)),
-                         "reasons": reasons, "percentiles": stats}
-                report[f"{folder} / {kind}"] = entry
-                print(f"\n{folder} / {kind}: {len(found)} faces of {len(paths)} photos; "
-                      f"rejected {entry['rejected']} ({100 * entry['rejected'] / max(len(found), 1):.1f} %) {reasons}")
-                for name, values in stats.items():
-                    print(f"  {name:<9} " + "  ".join(f"{k} {v:>8.3f}" for k, v in values.items()))
+    for (folder, kind), entry in read_faces(args).items():
+        found = [face_quality_from(points, float(sharp)) for points, sharp in
+                 zip(entry["landmarks"], entry["sharpness"], strict=True) if np.isfinite(points).all()]
+        rejected = [quality_problem(q, limits) for q in found]
+        reasons: dict[str, int] = {}
+        for reason in filter(None, rejected):
+            key = reason.split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        stats = {
+            name: {f"p{p}": round(float(np.percentile([getattr(q, name) for q in found], p)), 3)
+                   for p in (0.5, 1, 5, 50, 95, 99, 99.5)}
+            for name in FaceQuality.__dataclass_fields__
+        }
+        refused = sum(map(bool, rejected))
+        examples = [f"{n}: {r}" for n, r in zip(entry["names"][np.isfinite(entry["sharpness"])], rejected,
+                                                 strict=True) if r]
+        entry_report = {"photos": len(entry["names"]), "with_face": len(found), "rejected": refused,
+                        "reasons": reasons, "percentiles": stats, "rejected_photos": examples}
+        report[f"{folder} / {kind}"] = entry_report
+        print(f"\n{folder} / {kind}: {len(found)} faces of {len(entry['names'])} photos; "
+              f"rejected {refused} ({100 * refused / max(len(found), 1):.2f} %) {reasons}")
+        for name, values in stats.items():
+            print(f"  {name:<9} " + "  ".join(f"{k} {v:>8.2f}" for k, v in values.items()))
+        if kind == VARIANTS[0]:
+            for line in examples:
+                print(f"    {line}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -1,18 +1,19 @@
-"""Is a detected face good enough to enroll? Size, sharpness and pose, as numbers.
+"""Is a detected face good enough to enroll? Size, sharpness and head pose, as numbers.
 
 Pure functions of one face: its five landmarks (in image pixels) and its aligned crop (what
-the recognizer embeds). Thresholds live in `Settings` (ENROLL_*); their defaults come from
-`benchmarks/enroll_quality.py` on the LFW dev-test photos (README, Identification).
+the recognizer embeds). Thresholds live in `Settings` (ENROLL_*); each default is grounded in
+recognition by `benchmarks/quality_reject_curve.py` on the LFW dev-test photos (README,
+Enrollment quality): a check refuses no more than the photos that cost recognition accuracy.
 
 * size: the side, in image pixels, of the square the aligned crop was cut from (the alignment
   scale, from all five landmarks, so a turned head does not shrink it the way the distance
   between the eyes does). A 40 px face is magnified almost three times into a 112 px crop.
 * sharpness: variance of the Laplacian of the grey aligned crop. The crop has a fixed size,
   so blur from focus, motion or magnification all lower it alike.
-* yaw: how far the nose sits off the eyes' midpoint, in eye distances, after alignment
-  (0 frontal, about ±0.5 when the nose reaches one eye: a profile).
-* pitch: where the nose sits between the eye line and the mouth line, minus the template's
-  place (0 level; positive looking down, negative looking up).
+* yaw, pitch, roll: head pose in degrees from the landmarks against a 3D face model
+  (`vision.head_pose`, which documents the signs): yaw positive turned towards the image's
+  right, pitch positive looking down, roll positive clockwise on screen. 0 is the pose of the
+  ArcFace template. Roll is reported only: alignment rotates it away before recognition.
 """
 
 from __future__ import annotations
@@ -23,29 +24,16 @@ import cv2
 import numpy as np
 
 from vision.alignment import ARCFACE_SIZE, ARCFACE_TEMPLATE, similarity_transform
-
-LEFT_EYE, RIGHT_EYE, NOSE, LEFT_MOUTH, RIGHT_MOUTH = range(5)
-
-
-def _yaw_pitch(points: np.ndarray) -> tuple[float, float]:
-    """(yaw, pitch) of five (x, y) points in one frame, unshifted."""
-    eyes = (points[LEFT_EYE] + points[RIGHT_EYE]) / 2
-    mouth = (points[LEFT_MOUTH] + points[RIGHT_MOUTH]) / 2
-    eye_distance = max(float(np.linalg.norm(points[RIGHT_EYE] - points[LEFT_EYE])), 1e-6)
-    yaw = float(points[NOSE][0] - eyes[0]) / eye_distance
-    pitch = float(points[NOSE][1] - eyes[1]) / max(float(mouth[1] - eyes[1]), 1e-6)
-    return yaw, pitch
-
-
-TEMPLATE_YAW, TEMPLATE_PITCH = _yaw_pitch(ARCFACE_TEMPLATE.astype(np.float64))
+from vision.head_pose import head_pose
 
 
 @dataclass(frozen=True)
 class FaceQuality:
     size: float  # pixels
     sharpness: float  # Laplacian variance of the 112x112 grey crop
-    yaw: float  # eye distances, signed
-    pitch: float  # fraction of the eye-to-mouth height, signed
+    yaw: float  # degrees, positive turned towards the image's right
+    pitch: float  # degrees, positive looking down
+    roll: float = 0.0  # degrees, positive clockwise on screen
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in vars(self).items()}
@@ -58,34 +46,58 @@ def face_size(landmarks: np.ndarray) -> float:
     return ARCFACE_SIZE / max(scale, 1e-9)
 
 
-def face_quality(landmarks: np.ndarray, crop: np.ndarray) -> FaceQuality:
-    """landmarks (5, 2) in image pixels; crop (S, S, 3) uint8 aligned RGB -> FaceQuality."""
-    matrix = similarity_transform(landmarks, ARCFACE_TEMPLATE)
-    aligned = landmarks @ matrix[:, :2].T + matrix[:, 2]
-    yaw, pitch = _yaw_pitch(aligned)
+def sharpness(crop: np.ndarray) -> float:
+    """Variance of the Laplacian of an aligned crop (S, S, 3) uint8 RGB, resized to 112x112 grey."""
     grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     if grey.shape[0] != ARCFACE_SIZE:
         grey = cv2.resize(grey, (ARCFACE_SIZE, ARCFACE_SIZE), interpolation=cv2.INTER_AREA)
-    sharpness = float(cv2.Laplacian(grey, cv2.CV_64F).var())
-    return FaceQuality(face_size(landmarks), sharpness, yaw - TEMPLATE_YAW, pitch - TEMPLATE_PITCH)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def face_quality_from(landmarks: np.ndarray, crop_sharpness: float) -> FaceQuality:
+    """landmarks (5, 2) in image pixels and the crop's `sharpness` -> FaceQuality."""
+    yaw, pitch, roll = head_pose(landmarks)
+    return FaceQuality(face_size(landmarks), crop_sharpness, yaw, pitch, roll)
+
+
+def face_quality(landmarks: np.ndarray, crop: np.ndarray) -> FaceQuality:
+    """landmarks (5, 2) in image pixels; crop (S, S, 3) uint8 aligned RGB -> FaceQuality."""
+    return face_quality_from(landmarks, sharpness(crop))
 
 
 @dataclass(frozen=True)
 class QualityLimits:
-    min_size: float
+    min_size: float  # pixels
     min_sharpness: float
-    max_yaw: float
-    max_pitch: float
+    max_yaw: float  # degrees, either way
+    max_pitch: float  # degrees, either way
+
+
+def _shown(value: float, limit: float) -> str:
+    """value rounded to whole units, or to as many decimals as it takes to differ from limit."""
+    for digits in range(4):
+        text = f"{value:.{digits}f}"
+        if float(text) != limit:
+            return text
+    return text
 
 
 def quality_problem(quality: FaceQuality, limits: QualityLimits) -> str | None:
-    """Why a face should not be enrolled, or None when it passes every check."""
+    """Why a face should not be enrolled, or None when it passes every check.
+
+    The first failed check is named with the measured value and the limit; a value on the
+    limit passes.
+    """
     if quality.size < limits.min_size:
-        return f"face too small ({quality.size:.0f} px; at least {limits.min_size:g} px)"
+        return f"face too small ({_shown(quality.size, limits.min_size)} px; at least {limits.min_size:g} px)"
     if quality.sharpness < limits.min_sharpness:
-        return f"face too blurred (sharpness {quality.sharpness:.0f}; at least {limits.min_sharpness:g})"
+        shown = _shown(quality.sharpness, limits.min_sharpness)
+        return f"face too blurred (sharpness {shown}; at least {limits.min_sharpness:g})"
     if abs(quality.yaw) > limits.max_yaw:
-        return f"face turned too far sideways (yaw {quality.yaw:+.2f}; at most ±{limits.max_yaw:g})"
+        shown = _shown(abs(quality.yaw), limits.max_yaw)
+        return f"face turned too far sideways (yaw {shown}°; at most {limits.max_yaw:g}°)"
     if abs(quality.pitch) > limits.max_pitch:
-        return f"face tilted too far up or down (pitch {quality.pitch:+.2f}; at most ±{limits.max_pitch:g})"
+        way = "down" if quality.pitch > 0 else "up"
+        shown = _shown(abs(quality.pitch), limits.max_pitch)
+        return f"face tilted too far {way} (pitch {shown}°; at most {limits.max_pitch:g}°)"
     return None

@@ -25,6 +25,8 @@ def test_image_prepares_the_repository_and_starts_like_make_run() -> None:
 
 def test_image_copies_every_service_module_and_exposes_the_ports() -> None:
     assert "COPY *.py ./" in DOCKERFILE
+    packages = sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))  # quality.py imports vision/
+    assert packages and all(f"COPY {name} {name}" in DOCKERFILE for name in packages), packages
     assert re.search(r"EXPOSE 8000 8001 8002 3000", DOCKERFILE)
 
 
