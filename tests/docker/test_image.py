@@ -353,6 +353,10 @@ def test_image_holds_no_torch_no_tests_and_no_git(image: str) -> None:
         "! pip list 2>/dev/null | grep -i -E '^(torch|torchvision|pytest|ruff|insightface|playwright) '",
         "test ! -e /app/tests && test ! -e /app/.git && test ! -e /app/benchmarks && test ! -e /app/.ci",
         "test -z \"$(find /app \\( -name .git -o -name 'test_*.py' -o -name conftest.py \\) -print)\"",
+        # Nor the installed packages' own test suites (the Dockerfile drops them; pip's are the base's).
+        "site=$(python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
+        " && test -z \"$(find $site -type d -name tests -not -path \"$site/pip/*\" -print)\""
+        " && test ! -e $site/onnx/backend/test",
     ]
     result = in_image(image, " && ".join(checks))
     assert result.returncode == 0, result.stdout + result.stderr
