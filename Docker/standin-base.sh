@@ -25,7 +25,7 @@ TARBALL=$CACHE/bookworm-minbase.tar
 force=0
 [ "${1:-}" = --force ] && force=1
 
-log() { echo "[standin-base] $*" >&2; }
+log() { echo "[standin-base ${SECONDS}s] $*" >&2; }
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
 if [ "$force" = 0 ]; then

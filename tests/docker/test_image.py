@@ -30,6 +30,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -89,16 +90,32 @@ def image_size_mb(tag: str) -> float:
     return int(docker("image", "inspect", "-f", "{{.Size}}", tag).stdout) / 1e6
 
 
+@dataclass(frozen=True)
+class Build:
+    tag: str
+    seconds: float
+    size_mb: float
+    base: str
+    base_seconds: float | None  # Docker/standin-base.sh's time when it had to provide the base
+
+    def report(self) -> str:
+        base = f"stand-in {self.base} built in {self.base_seconds:.0f} s" if self.base_seconds else self.base
+        return f"{self.tag}: built in {self.seconds:.1f} s, image size {self.size_mb:.0f} MB (base: {base})"
+
+
 @functools.cache
-def build_image(tag: str = IMAGE) -> tuple[str, float, float]:
-    """Build Docker/Dockerfile once per process; (tag, seconds, size in MB)."""
+def build_image(tag: str = IMAGE) -> Build:
+    """Build Docker/Dockerfile once per process (Docker's layer cache makes a rebuild quick)."""
     base = base_image()
+    base_seconds = None
     if docker("image", "inspect", base, check=False).returncode != 0:
+        started = time.monotonic()
         standin = subprocess.run(["bash", str(STANDIN)], capture_output=True, text=True, timeout=1200)
         if standin.returncode != 0:
             pytest.skip(
                 f"base image {base} is absent, cannot be pulled, and {STANDIN.name} failed:\n{standin.stderr[-2000:]}"
             )
+        base_seconds = time.monotonic() - started
     started = time.monotonic()
     result = docker(
         "build", "--network", "host", "-t", tag, "-f", str(DOCKERFILE), str(ROOT), timeout=BUILD_TIMEOUT_S, check=False
@@ -106,33 +123,31 @@ def build_image(tag: str = IMAGE) -> tuple[str, float, float]:
     seconds = time.monotonic() - started
     if result.returncode != 0:
         pytest.fail(f"docker build failed after {seconds:.0f} s:\n{(result.stdout + result.stderr)[-5000:]}")
-    return tag, seconds, image_size_mb(tag)
+    return Build(tag, seconds, image_size_mb(tag), base, base_seconds)
 
 
 class _Summary:
     """Repeats the build report in pytest's terminal summary (visible without -s)."""
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
+    name = "fr-triton-docker-summary"
+
+    def __init__(self, line: str) -> None:
+        self.line = line
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if self.lines:
-            terminalreporter.section("docker image")
-            for line in self.lines:
-                terminalreporter.write_line(line)
+        terminalreporter.section("docker image")
+        terminalreporter.write_line(self.line)
 
 
 @pytest.fixture(scope="session")
 def image(request: pytest.FixtureRequest) -> str:
     """The tag of the image built from this tree's Docker/Dockerfile."""
     require_engine()
-    tag, seconds, size = build_image()
-    line = f"{tag}: built in {seconds:.1f} s, image size {size:.0f} MB (base {base_image()})"
-    print(f"\n[docker] {line}")
-    summary = _Summary()
-    summary.lines.append(line)
-    request.config.pluginmanager.register(summary, "fr-triton-docker-summary")
-    return tag
+    build = build_image()
+    print(f"\n[docker] {build.report()}")
+    if not request.config.pluginmanager.has_plugin(_Summary.name):
+        request.config.pluginmanager.register(_Summary(build.report()), _Summary.name)
+    return build.tag
 
 
 # --------------------------------------------------------------------------- containers
@@ -355,7 +370,7 @@ def test_image_holds_no_torch_no_tests_and_no_git(image: str) -> None:
         "test -z \"$(find /app \\( -name .git -o -name 'test_*.py' -o -name conftest.py \\) -print)\"",
         # Nor the installed packages' own test suites (the Dockerfile drops them; pip's are the base's).
         "site=$(python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
-        " && test -z \"$(find $site -type d -name tests -not -path \"$site/pip/*\" -print)\""
+        ' && test -z "$(find $site -type d -name tests -not -path "$site/pip/*" -print)"'
         " && test ! -e $site/onnx/backend/test",
     ]
     result = in_image(image, " && ".join(checks))
