@@ -1,19 +1,81 @@
-"""The image is built from the same files and scripts that `make run` uses (no Docker engine here)."""
+"""The image is built from the same files and scripts that `make run` uses (static checks).
+
+The source goes in with `COPY . .`, whatever the tree's layout; `.dockerignore` decides what
+stays out. `dockerignored()` applies its patterns as Docker does, so these checks hold without
+an engine; tests/docker/ builds the image and checks its contents for real.
+"""
 
 from __future__ import annotations
 
 import re
+from functools import cache
 
 from conftest import ROOT
 
 DOCKERFILE = (ROOT / "Docker" / "Dockerfile").read_text()
+DOCKERIGNORE = ROOT / ".dockerignore"
 MAKEFILE = (ROOT / "Makefile").read_text()
+INSTRUCTIONS = "\n".join(line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#"))
+
+
+@cache
+def _ignore_patterns() -> tuple[tuple[bool, re.Pattern[str]], ...]:
+    """(negated, regex) for every .dockerignore line, in order (the last match wins)."""
+    patterns = []
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        glob = line[1:] if negated else line
+        glob = glob.strip("/")
+        regex = ""
+        i = 0
+        while i < len(glob):
+            if glob.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif glob.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif glob[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif glob[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            elif glob[i] == "[":
+                end = glob.index("]", i)
+                regex, i = regex + glob[i : end + 1], end + 1
+            else:
+                regex, i = regex + re.escape(glob[i]), i + 1
+        patterns.append((negated, re.compile(regex + r"\Z")))
+    return tuple(patterns)
+
+
+def dockerignored(path: str) -> bool:
+    """Whether `COPY . .` leaves `path` (relative to the context, the repository root) out.
+
+    As Docker matches: a pattern excluding a folder excludes what is under it; the last
+    pattern that matches the path or one of its parent folders decides.
+    """
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    excluded = False
+    for negated, pattern in _ignore_patterns():
+        if any(pattern.match(prefix) for prefix in prefixes):
+            excluded = not negated
+    return excluded
 
 
 def test_image_installs_the_runtime_requirements_only() -> None:
-    instructions = "\n".join(line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#"))
-    assert "pip install -r requirements.txt" in instructions
-    assert "requirements-dev" not in instructions and "torch" not in instructions
+    assert "pip install -r requirements.txt" in INSTRUCTIONS
+    assert "requirements-dev" not in INSTRUCTIONS and "torch" not in INSTRUCTIONS
+    assert not dockerignored("requirements.txt")
+
+
+def test_requirements_are_installed_before_the_source_is_copied() -> None:
+    # A source change must not re-run pip: requirements first, their own layer, then the tree.
+    copy_requirements = INSTRUCTIONS.index("COPY requirements.txt")
+    pip_install = INSTRUCTIONS.index("pip install -r requirements.txt")
+    copy_source = INSTRUCTIONS.index("COPY . .")
+    assert copy_requirements < pip_install < copy_source
 
 
 def test_image_prepares_the_repository_and_starts_like_make_run() -> None:
@@ -23,13 +85,48 @@ def test_image_prepares_the_repository_and_starts_like_make_run() -> None:
     assert "Docker/start.sh" in MAKEFILE
 
 
-def test_image_copies_every_service_module_and_exposes_the_ports() -> None:
-    assert "COPY *.py ./" in DOCKERFILE
-    packages = sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))  # quality.py imports vision/
-    assert packages and all(f"COPY {name} {name}" in DOCKERFILE for name in packages), packages
+def test_image_copies_the_whole_source_and_exposes_the_ports() -> None:
+    assert re.search(r"^COPY \. \.$", INSTRUCTIONS, flags=re.M)
+    assert "COPY *.py" not in INSTRUCTIONS, "a file list breaks when modules move into packages"
+    modules = [p.relative_to(ROOT).as_posix() for p in ROOT.glob("*.py")]
+    packages = [p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("*/__init__.py")]
+    for path in [*modules, *(f"{p}/__init__.py" for p in packages), "Docker/start.sh"]:
+        assert not dockerignored(path), f"{path} is kept out of the image"
     assert re.search(r"EXPOSE 8000 8001 8002 3000", DOCKERFILE)
 
 
 def test_image_carries_the_demo_page() -> None:
     # app.py serves /ui from ui/ next to it; an image without the folder has no demo page.
-    assert "COPY ui ui" in DOCKERFILE
+    assert (ROOT / "ui" / "index.html").is_file()
+    assert not dockerignored("ui") and not dockerignored("ui/index.html")
+
+
+def test_dockerignore_keeps_out_what_the_service_does_not_run() -> None:
+    for path in [
+        ".git",
+        ".venv/bin/python",
+        "tests/test_api.py",
+        "tests/docker/test_image.py",
+        "benchmarks/accuracy.py",
+        "docs/ui.png",
+        "deploy/nginx.conf",
+        ".ci/run",
+        "data/gallery.db",
+        "model_repository/fr_model/1/model.onnx",
+        "model_repository/model_info.json",
+        "__pycache__/app.cpython-311.pyc",
+        "gallery/__pycache__/store.cpython-311.pyc",
+        ".pytest_cache/v/cache",
+        ".ruff_cache/x",
+        ".triton_backends/python/libtriton_python.so",
+        ".env",
+    ]:
+        assert dockerignored(path), f"{path} would be copied into the image"
+    # The repository's README is the one prepared folder content the image takes from the tree.
+    assert not dockerignored("model_repository/README.md")
+
+
+def test_healthcheck_probes_the_api_port_start_sh_uses() -> None:
+    [check] = re.findall(r"^HEALTHCHECK .*\n\s*CMD (.*)$", INSTRUCTIONS, flags=re.M)
+    assert "/ready" in check
+    assert "${FASTAPI_PORT:-3000}" in check, "a container started with FASTAPI_PORT would never turn healthy"
