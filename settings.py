@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -132,9 +132,16 @@ class Settings(BaseSettings):
     )
     antispoof_from: Path | None = Field(
         default=None,
-        description="read by `make run` / `make models` / Docker/start.sh: install the anti-spoofing model from "
-        "this folder (converted ONNX, or the authors' checkpoints with torch) before Triton starts",
+        description="read by `make models` and `triton_service.py serve` (so `make run`, Docker/start.sh, the "
+        "image and the split deployments): install the anti-spoofing model from this folder (converted ONNX, or "
+        "the authors' checkpoints with torch) before Triton starts; empty = unset",
     )
+
+    @field_validator("antispoof_from", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`ANTISPOOF_FROM=` (empty, as `make run` and the manifests pass it) means not set."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def detector_canvases(self) -> list[int]:
