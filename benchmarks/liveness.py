@@ -181,11 +181,15 @@ def lfw_photos(lfw: Path) -> list[Path]:
 
 def real_scores(url: str, photos: list[Path], workers: int) -> list[dict]:
     def score(path: Path) -> dict:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            answer = client.post("/liveness", files={"image": (path.name, path.read_bytes())})
-        score = answer.json()["real_score"] if answer.status_code == 200 else None
-        return {"folder": path.parent.parent.name, "photo": path.name, "status": answer.status_code,
-                "real_score": score}
+        status, score = 0, None  # 0: no answer (counted with the other errors)
+        try:
+            with httpx.Client(base_url=url, timeout=120) as client:
+                answer = client.post("/liveness", files={"image": (path.name, path.read_bytes())})
+            status = answer.status_code
+            score = answer.json()["real_score"] if status == 200 else None
+        except httpx.HTTPError as error:
+            print(f"{path}: {type(error).__name__}: {error}", file=sys.stderr)
+        return {"folder": path.parent.parent.name, "photo": path.name, "status": status, "real_score": score}
 
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(score, photos))
@@ -265,10 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     photos = photo_mix(args.lfw)
     result: dict = {"load_before": [round(x, 2) for x in os.getloadavg()], "rounds": args.rounds,
                     "seconds": args.seconds}
+    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="liveness-bench-") as scratch:
-        scratch = Path(scratch)
-        core_repo = core_copy(args.repo, scratch / "core-repo")
-        with Service(args.repo, scratch / "installed.log") as live, Service(core_repo, scratch / "core.log") as core:
+        core_repo = core_copy(args.repo, Path(scratch) / "core-repo")
+        logs = (args.out / "liveness-installed.log", args.out / "liveness-core.log")
+        for log in logs:
+            log.unlink(missing_ok=True)
+        with Service(args.repo, logs[0]) as live, Service(core_repo, logs[1]) as core:
             with httpx.Client(base_url=live.url, timeout=60) as client:
                 result["samples"] = sample_scores(client, args.samples)
             result["cost"] = cost_per_face(live, photos, args.repeats)
@@ -278,7 +285,6 @@ def main(argv: list[str] | None = None) -> int:
             result["bpcer"] = bpcer_table(scores)
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     report(result)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "liveness.json").write_text(json.dumps({**result, "lfw_scores": scores}, indent=2) + "\n")
     print(f"\nwrote {args.out / 'liveness.json'}")
     return 0
