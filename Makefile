@@ -49,7 +49,7 @@ run: $(VENV)/.installed models
 #   make triton                              Triton alone, on :8000/:8001/:8002
 #   make api TRITON_URL=host:8000            the API alone on :3000, against that Triton
 triton: $(VENV)/.installed models
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) triton_service.py serve --repo "$(REPO)"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ANTISPOOF_FROM= $(PY) triton_service.py serve --repo "$(REPO)"
 
 api: $(VENV)/.installed
 	@test -n "$(TRITON_URL)" || { echo "usage: make api TRITON_URL=host:8000 (a running Triton, e.g. make triton)" >&2; exit 1; }

@@ -142,8 +142,9 @@ class Settings(BaseSettings):
     )
     antispoof_from: Path | None = Field(
         default=None,
-        description="read by `make run` / `make models` / Docker/start.sh: install the anti-spoofing model from "
-        "this folder (converted ONNX, or the authors' checkpoints with torch) before Triton starts",
+        description="read by `make models` and `triton_service.py serve` (so `make run`, Docker/start.sh, the "
+        "image and the split deployments): install the anti-spoofing model from this folder (converted ONNX, or "
+        "the authors' checkpoints with torch) before Triton starts; empty = unset",
     )
 
     @field_validator("enroll_max_yaw", "enroll_max_pitch")
@@ -155,6 +156,12 @@ class Settings(BaseSettings):
                 f"(default {cls.model_fields[info.field_name].default:g})"
             )
         return value
+
+    @field_validator("antispoof_from", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`ANTISPOOF_FROM=` (empty, as `make run` and the manifests pass it) means not set."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def detector_canvases(self) -> list[int]:

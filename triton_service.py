@@ -7,7 +7,8 @@ it starts Triton with come from `model_tools/triton_config.py`):
   `nvidia-pytriton` wheel), prepare its backend directory and environment, start it;
 * `TritonClient`: the asyncio HTTP client the pipeline calls for every inference.
 
-CLI: `python triton_service.py {generate-configs,serve,wait-ready} --repo DIR`.
+CLI: `python triton_service.py {generate-configs,serve,wait-ready} --repo DIR` (`serve` first installs
+the anti-spoofing model when ANTISPOOF_FROM names a folder).
 """
 
 from __future__ import annotations
@@ -130,6 +131,24 @@ def prepare_server(settings: Settings, repo: Path | None = None) -> tuple[list[s
     write_model_configs(repo, native_onnxruntime=install.native_onnxruntime, settings=settings)
     backend_dir = prepare_backend_dir(install, PROJECT_ROOT / ".triton_backends")
     return server_command(install, backend_dir, repo, settings), server_environment(install, os.environ)
+
+
+def install_optional_models(settings: Settings, repo: Path) -> dict | None:
+    """With ANTISPOOF_FROM set, install the anti-spoofing model into `repo` before Triton starts.
+
+    Every way of starting Triton goes through `serve` (Docker/start.sh, the image, `make triton`,
+    the Compose and Kubernetes `triton` services), so the model is installed where the repository
+    lives. Idempotent: the same files again change nothing; it stays installed afterwards.
+    Raises ModelRepositoryError (with what is wrong) on a bad folder.
+    """
+    if settings.antispoof_from is None:
+        return None
+    from model_tools.antispoof_install import install
+
+    entry = install(settings.antispoof_from, repo)
+    print(f"anti-spoofing model {entry['name']} installed from ANTISPOOF_FROM={settings.antispoof_from} "
+          f"(weights: {entry['licence']})", flush=True)
+    return entry
 
 
 def _process_gone(process: subprocess.Popen | int | None) -> str | None:
@@ -315,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in write_model_configs(repo, native_onnxruntime=install.native_onnxruntime, settings=settings):
                 print(f"wrote {path}")
         elif args.command == "serve":
+            install_optional_models(settings, repo)
             argv_, env = prepare_server(settings, repo)
             print(f"starting {' '.join(argv_)}", flush=True)
             os.execve(argv_[0], argv_, env)

@@ -7,7 +7,8 @@
 # Environment: FASTAPI_PORT (3000), FASTAPI_HOST (0.0.0.0), TRITON_HTTP_PORT (8000),
 # TRITON_GRPC_PORT (8001), TRITON_METRICS_PORT (8002), TRITON_REPO (model_repository),
 # TRITON_READY_TIMEOUT_S (120), TRITON_URL (host:port of an external Triton: boot none),
-# ANTISPOOF_FROM (a converted anti-spoofing folder to install before Triton starts), PYTHON (python).
+# ANTISPOOF_FROM (a converted anti-spoofing folder: `triton_service.py serve` installs it before
+# Triton starts), PYTHON (python).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,12 +58,7 @@ if [ -z "${TRITON_URL:-}" ]; then
     log "error: no model repository at $TRITON_REPO: run 'python extract_insightface_models.py --output-dir $TRITON_REPO' (make run does)"
     exit 1
   fi
-  if [ -n "${ANTISPOOF_FROM:-}" ]; then
-    if ! "$PYTHON" -m model_tools.antispoof_install --from "$ANTISPOOF_FROM" --repo "$TRITON_REPO"; then
-      log "error: could not install the anti-spoofing model from ANTISPOOF_FROM=$ANTISPOOF_FROM"
-      exit 1
-    fi
-  fi
+  # `serve` installs the anti-spoofing model first when ANTISPOOF_FROM names a folder.
   "$PYTHON" triton_service.py serve --repo "$TRITON_REPO" &
   triton_pid=$!
   # In the background so that a signal interrupts the wait at once.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from throughput import peak_memory_mb, photo_mix
+from common import peak_memory_mb, photo_mix
 
 OPERATIONS = ("detect", "embedding", "similarity", "identify", "list", "enroll")
 

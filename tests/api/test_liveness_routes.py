@@ -2,14 +2,14 @@
 
 A session converts the authors' checkpoints (`../shared/models/antispoof`) with
 `convert_to_onnx.py antispoof`'s code and installs the served graph into a scratch copy of the
-model repository (`model_tools.antispoof_install`, what ANTISPOOF_FROM does). A second Triton on
-the core models alone shows the 503 and that everything else keeps working.
+model repository (`model_tools.antispoof_install`, what ANTISPOOF_FROM does): `live_triton` in
+conftest.py, shared with the demo page's tests. A second Triton on the core models alone
+(`core_triton`) shows the 503 and that everything else keeps working.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,55 +17,16 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import LFW_DIR, ROOT, ApiProcess, TritonProcess, model_repository, photo
+from conftest import LFW_DIR, ApiProcess, TritonProcess, checkpoints, photo
 from imaging.decode import decode_image
 from pipeline import FacePipeline
 from settings import Settings
 from triton_service import TritonClient
 from vision.detections import primary_face
 
-ANTISPOOF_DIR = ROOT.parent / "shared" / "models" / "antispoof"
 SAMPLES = {"image_F1.jpg": False, "image_F2.jpg": False, "image_T1.jpg": True}  # is_real per the authors
 SCORE_TOLERANCE = 1e-3
 LFW_PHOTOS = 24
-
-
-def checkpoints() -> Path:
-    if not (ANTISPOOF_DIR / "2.7_80x80_MiniFASNetV2.pth").is_file():
-        pytest.skip(f"anti-spoofing checkpoints not found at {ANTISPOOF_DIR}")
-    pytest.importorskip("torch", reason="converting the checkpoints needs torch (requirements-dev.txt)")
-    return ANTISPOOF_DIR
-
-
-def core_repository(target: Path) -> Path:
-    """A copy of the project's repository with the detector and recognizer only."""
-    source = model_repository()
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(source / "model_info.json", target / "model_info.json")
-    for model in ("face_detector", "fr_model"):
-        shutil.copytree(source / model, target / model)
-    return target
-
-
-@pytest.fixture(scope="session")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model_tools.antispoof_export import convert
-
-    out = tmp_path_factory.mktemp("antispoof-onnx")
-    convert(checkpoints(), out, served=True, progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
-def live_triton(converted: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
-    from model_tools.antispoof_install import install
-
-    folder = tmp_path_factory.mktemp("live-triton")
-    repo = core_repository(folder / "repo")
-    install(converted, repo)
-    server = TritonProcess(repo, folder / "triton.log").start()
-    yield server
-    server.stop()
 
 
 def api_on(triton: TritonProcess, folder: Path, **env: str) -> ApiProcess:
@@ -192,14 +153,11 @@ def test_models_metrics_and_ready_with_the_anti_spoofing_model(live_api) -> None
 
 # --------------------------------------------------------------------------- not installed
 @pytest.fixture(scope="module")
-def core_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    folder = tmp_path_factory.mktemp("core-only")
-    triton = TritonProcess(core_repository(folder / "repo"), folder / "triton.log").start()
-    server = api_on(triton, folder)
+def core_api(core_triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    server = api_on(core_triton, tmp_path_factory.mktemp("core-only"))
     with httpx.Client(base_url=server.url, timeout=120) as client:
         yield client
     server.stop()
-    triton.stop()
 
 
 @pytest.mark.parametrize(

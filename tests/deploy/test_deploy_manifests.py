@@ -34,6 +34,33 @@ SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
 POSTGRES_IMAGE_VARS = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "PGDATA"}
 
 
+ANTISPOOF_SOURCE = "./antispoof-onnx"  # where the compose file expects the converted folder
+ANTISPOOF_VOLUME = "antispoof-weights"
+
+
+def uncommented(text: str) -> str:
+    """`text` with its commented-out anti-spoofing YAML blocks uncommented (the optional lines an operator enables).
+
+    A block is a comment line holding a YAML entry (`key:` or `- item`) followed by comment lines at
+    the same indentation whose text is indented further; it is uncommented when it mentions antispoof.
+    """
+    lines, out, index = text.splitlines(), [], 0
+    while index < len(lines):
+        match = re.match(r"^(\s*)# (.*)$", lines[index])
+        if not match or not re.match(r"^(- )?[\w.-]+:( |$)|^- \S+$", match.group(2)):
+            out.append(lines[index])
+            index += 1
+            continue
+        indent, block = match.group(1), [match.group(2)]
+        index += 1
+        while index < len(lines) and (more := re.match(rf"^{indent}# ( .*)$", lines[index])):
+            block.append(more.group(1))
+            index += 1
+        enable = any("antispoof" in line.lower() for line in block)
+        out += [indent + line for line in block] if enable else [f"{indent}# {line}" for line in block]
+    return "\n".join(out) + "\n"
+
+
 # --------------------------------------------------------------------------- loading
 @pytest.fixture(scope="module")
 def compose() -> dict:
@@ -43,6 +70,12 @@ def compose() -> dict:
 @pytest.fixture(scope="module")
 def services(compose: dict) -> dict[str, dict]:
     return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def enabled_services() -> dict[str, dict]:
+    """The compose services with the optional anti-spoofing lines uncommented."""
+    return yaml.safe_load(uncommented(COMPOSE.read_text()))["services"]
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +213,30 @@ def test_compose_proxy_upstream_is_the_api_service(services: dict) -> None:
     assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
 
 
+def test_compose_anti_spoofing_is_off_by_default(services: dict) -> None:
+    for name, service in services.items():
+        assert "ANTISPOOF_FROM" not in env_map(service), f"{name}: the model must stay optional"
+        assert not any("antispoof" in str(v) for v in service.get("volumes", [])), name
+
+
+def test_compose_anti_spoofing_lines_enabled_install_the_mounted_folder_where_triton_runs(
+    enabled_services: dict,
+) -> None:
+    for name in ("frtriton", "triton"):  # the services that run `triton_service.py serve` (start.sh runs it)
+        service = enabled_services[name]
+        mounts = {v.split(":")[1]: v.split(":") for v in service["volumes"]}  # container path -> parts
+        weights = env_map(service)["ANTISPOOF_FROM"]
+        assert weights in mounts, f"{name}: ANTISPOOF_FROM={weights} is not a mounted folder"
+        source, _, *mode = mounts[weights]
+        assert source == ANTISPOOF_SOURCE and mode == ["ro"], f"{name}: {mounts[weights]}"
+        assert set(env_map(service)) <= SETTINGS_VARS
+    assert enabled_services["triton"]["command"][1:3] == ["triton_service.py", "serve"]
+    assert "ANTISPOOF_FROM" not in env_map(enabled_services["api"]), "the API finds the model in Triton"
+    assert "volumes" not in enabled_services["api"]
+    # everything else is as before: the same services, the same all-in-one volume
+    assert set(enabled_services) == set(yaml.safe_load(COMPOSE.read_text())["services"])
+
+
 def test_proxy_accepts_request_bodies_as_large_as_the_api_does() -> None:
     [size] = re.findall(r"client_max_body_size\s+(\d+)m;", NGINX_CONF.read_text())
     assert int(size) * 1024 * 1024 >= Settings.model_fields["max_request_bytes"].default
@@ -212,6 +269,41 @@ def test_k8s_triton_probes_triton_health_on_its_http_port(manifests: list[dict])
     assert triton["command"][1:3] == ["triton_service.py", "serve"]
     mounts = {m["mountPath"] for m in triton["volumeMounts"]}
     assert "/dev/shm" in mounts, "the Python backend needs more than a pod's 64 MB of shm"
+
+
+def test_k8s_anti_spoofing_is_off_by_default(manifests: list[dict]) -> None:
+    triton = find(manifests, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert ANTISPOOF_VOLUME not in {v["name"] for v in triton["volumes"]}, "no claim is needed unless enabled"
+    assert "ANTISPOOF_FROM" not in {e["name"] for e in container_env(triton, "triton")}
+
+
+def container_env(pod: dict, name: str) -> list[dict]:
+    [found] = [c for c in pod["containers"] if c["name"] == name]
+    return found.get("env", [])
+
+
+def test_k8s_anti_spoofing_lines_enabled_install_the_mounted_claim_in_the_triton_pod() -> None:
+    [deployment, service] = [d for d in yaml.safe_load_all(uncommented((K8S_DIR / "triton.yaml").read_text())) if d]
+    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
+    pod = deployment["spec"]["template"]["spec"]
+    triton = container(deployment, "triton")
+    assert triton["command"][1:3] == ["triton_service.py", "serve"], "serve installs ANTISPOOF_FROM"
+    env = {e["name"]: e["value"] for e in container_env(pod, "triton")}
+    assert set(env) <= SETTINGS_VARS
+    mounts = {m["mountPath"]: m for m in triton["volumeMounts"]}
+    assert env["ANTISPOOF_FROM"] in mounts, "ANTISPOOF_FROM must name the mounted folder"
+    mount = mounts[env["ANTISPOOF_FROM"]]
+    assert mount["name"] == ANTISPOOF_VOLUME and mount["readOnly"] is True
+    assert "/dev/shm" in mounts
+    [volume] = [v for v in pod["volumes"] if v["name"] == ANTISPOOF_VOLUME]
+    assert volume["persistentVolumeClaim"] == {"claimName": ANTISPOOF_VOLUME, "readOnly": True}
+
+
+def test_k8s_configmap_carries_the_liveness_settings_at_their_defaults(manifests: list[dict]) -> None:
+    data = find(manifests, "ConfigMap", "fr-triton-config")["data"]
+    assert float(data["LIVENESS_THRESHOLD"]) == Settings.model_fields["liveness_threshold"].default
+    assert data["ENROLL_REQUIRE_LIVE"] == "false"
+    assert "ANTISPOOF_FROM" not in data, "the API does not install models; Triton's pod does"
 
 
 def test_k8s_containers_declare_cpu_requests_and_limits(manifests: list[dict]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, free_port, model_repository, photo
+from conftest import ROOT, core_repository, free_port, model_repository, photo
 
 pytestmark = pytest.mark.integration
 START = ROOT / "Docker" / "start.sh"
@@ -163,3 +163,27 @@ def test_start_script_without_a_model_repository_fails_with_a_clear_message(tmp_
     process, _, log = launch(tmp_path, TRITON_REPO=str(tmp_path / "empty"))
     assert process.wait(30) == 1
     assert "no model repository" in log.read_text()
+
+
+def test_antispoof_from_installs_the_model_before_triton_starts_and_it_stays(tmp_path: Path, converted: Path) -> None:
+    repo = core_repository(tmp_path / "repo")  # what `triton_service.py serve` (run by start.sh) installs into
+    process, port, log = launch(tmp_path, TRITON_REPO=str(repo), ANTISPOOF_FROM=str(converted))
+    try:
+        wait_ready(process, port, log)
+        names = [m["name"] for m in httpx.get(f"http://127.0.0.1:{port}/models", timeout=30).json()["models"]]
+        assert names == ["face_detector", "fr_model", "antispoof"]
+        assert "anti-spoofing model MiniFASNetV2+MiniFASNetV1SE installed" in log.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        stop(process)
+    assert (repo / "antispoof" / "1" / "model.onnx").is_file(), "installed into the repository, kept there"
+
+
+def test_a_bad_antispoof_from_stops_the_start_with_the_reason(tmp_path: Path) -> None:
+    repo = core_repository(tmp_path / "repo")
+    process, _, log = launch(tmp_path, TRITON_REPO=str(repo), ANTISPOOF_FROM=str(tmp_path / "missing"))
+    assert process.wait(60) != 0
+    text = log.read_text()
+    assert f"ANTISPOOF_FROM={tmp_path / 'missing'} is not a folder" in text and "did not become ready" in text
+    assert not (repo / "antispoof").exists()

@@ -7,6 +7,7 @@ chromium`), not a browser Playwright downloads; without one the browser tests sk
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ApiProcess, TritonProcess, photo
+from conftest import ANTISPOOF_DIR, ApiProcess, TritonProcess, photo
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +29,7 @@ API_KEY = "demo-secret"
 MIN_PAGE_STD = 20.0
 MIN_FACE_STD = 15.0
 CROP_MARGIN = 0.6  # enrollment photo: the face plus this fraction of its size on each side
+BADGE = re.compile(r"^(live|spoof) [01]\.\d\d$")  # "live 0.98", "spoof 0.12"
 
 
 def chromium_path() -> str:
@@ -78,6 +80,7 @@ def test_ui_page_and_its_scripts_are_served(api: httpx.Client) -> None:
     script = api.get("/ui/app.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert "include_aligned=true" in script.text and "annotate=true" in script.text
+    assert "liveness=true" in script.text and '"antispoof"' in script.text
     assert api.get("/ui/style.css").status_code == 200
 
 
@@ -165,3 +168,83 @@ def test_identify_panel_names_a_person_enrolled_with_the_api_key(keyed_api: str,
     assert len(names) == 6
     assert sum(n.startswith("Chandler: similarity") for n in names) == 1
     assert sum(n.startswith("unknown") for n in names) == 5
+
+
+# --------------------------------------------------------------------------- anti-spoofing badges
+def sample(name: str) -> str:
+    """One of the anti-spoofing authors' photos: image_T1.jpg (live), image_F1/F2.jpg (spoofs)."""
+    path = ANTISPOOF_DIR / "samples" / name
+    if not path.is_file():
+        pytest.skip(f"anti-spoofing samples not found at {path.parent}")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def live_ui(live_triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API against a Triton that serves the anti-spoofing model too."""
+    server = ApiProcess({"TRITON_URL": live_triton.url}, tmp_path_factory.mktemp("live-ui") / "api.log").start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def core_ui(core_triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API against a Triton without the anti-spoofing model."""
+    server = ApiProcess({"TRITON_URL": core_triton.url}, tmp_path_factory.mktemp("core-ui") / "api.log").start()
+    yield server.url
+    server.stop()
+
+
+def requested_urls(page) -> list[str]:
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    return urls
+
+
+def compare_and_detect(page, url: str, liveness: str) -> None:
+    """Open the page, wait until it knows whether the model is there, compare T1 with F2, detect t1.jpg."""
+    page.goto(f"{url}/ui")
+    page.wait_for_selector(f"body[data-liveness='{liveness}']")
+    page.set_input_files("#photo-a", sample("image_T1.jpg"))
+    page.set_input_files("#photo-b", sample("image_F2.jpg"))
+    page.click("#compare")
+    page.wait_for_selector("#compare-result:not([hidden])")
+    page.set_input_files("#detect-photo", str(photo("t1.jpg")))
+    page.click("#detect")
+    page.wait_for_selector("#detect-result:not([hidden])")
+
+
+def test_with_the_anti_spoofing_model_every_face_gets_a_live_or_spoof_badge(live_ui: str, page) -> None:
+    urls = requested_urls(page)
+    compare_and_detect(page, live_ui, "on")
+    assert page.is_visible("#liveness-note")
+    live, spoof = page.text_content("#liveness-a"), page.text_content("#liveness-b")
+    assert BADGE.match(live) and live.startswith("live "), live  # the authors' live sample
+    assert BADGE.match(spoof) and spoof.startswith("spoof "), spoof  # and their print attack
+    assert page.get_attribute("#liveness-a", "class").split() == ["badge", "live"]
+    assert page.get_attribute("#liveness-b", "class").split() == ["badge", "spoof"]
+    shot = screenshot_array(page)
+    green = region(shot, page, "#liveness-a").reshape(-1, 3).mean(axis=0)
+    red = region(shot, page, "#liveness-b").reshape(-1, 3).mean(axis=0)
+    assert green[1] > green[0] + 30 and red[0] > red[1] + 30, (green, red)  # green badge, red badge on screen
+
+    badges = page.locator("#detect-faces li .badge").all_text_contents()
+    assert len(badges) == 6 and all(BADGE.match(text) for text in badges), badges
+    assert page.text_content("#detect-count").startswith("6 face(s)")
+    page.set_input_files("#identify-photo", str(photo("t1.jpg")))
+    page.click("#identify")
+    page.wait_for_selector("#identify-result:not([hidden])")
+    assert len(page.locator("#identify-list li .badge").all_text_contents()) == 6
+    checked = [u for u in urls if "liveness=true" in u]
+    assert {u.split("/")[-1].split("?")[0] for u in checked} == {"face-similarity", "detect", "identify"}, checked
+
+
+def test_without_the_anti_spoofing_model_the_page_shows_no_badge_and_asks_for_none(core_ui: str, page) -> None:
+    urls = requested_urls(page)
+    compare_and_detect(page, core_ui, "off")
+    assert page.is_hidden("#liveness-note")
+    assert page.text_content("#decision") in ("same person", "different people")
+    assert page.text_content("#detect-count").startswith("6 face(s)")
+    assert page.locator(".badge >> visible=true").count() == 0
+    assert page.is_hidden("#detect-faces") and page.locator("#detect-faces li").count() == 0
+    assert not [u for u in urls if "liveness" in u], "without the model the page must call the API as before"
