@@ -15,9 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from test_dockerfile import dockerignored
 
-from conftest import ROOT
+from conftest import ROOT, dockerignored
 from settings import Settings
 
 COMPOSE = ROOT / "docker-compose.yml"

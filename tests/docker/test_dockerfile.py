@@ -8,60 +8,13 @@ an engine; tests/docker/ builds the image and checks its contents for real.
 from __future__ import annotations
 
 import re
-from functools import cache
 
-from conftest import ROOT
+from conftest import ROOT, dockerignored
 
 DOCKERFILE = (ROOT / "Docker" / "Dockerfile").read_text()
 DOCKERIGNORE = ROOT / ".dockerignore"
 MAKEFILE = (ROOT / "Makefile").read_text()
 INSTRUCTIONS = "\n".join(line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#"))
-
-
-@cache
-def _ignore_patterns() -> tuple[tuple[bool, re.Pattern[str]], ...]:
-    """(negated, regex) for every .dockerignore line, in order (the last match wins)."""
-    patterns = []
-    for raw in DOCKERIGNORE.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        negated = line.startswith("!")
-        glob = line[1:] if negated else line
-        glob = glob.strip("/")
-        regex = ""
-        i = 0
-        while i < len(glob):
-            if glob.startswith("**/", i):
-                regex, i = regex + "(?:.*/)?", i + 3
-            elif glob.startswith("**", i):
-                regex, i = regex + ".*", i + 2
-            elif glob[i] == "*":
-                regex, i = regex + "[^/]*", i + 1
-            elif glob[i] == "?":
-                regex, i = regex + "[^/]", i + 1
-            elif glob[i] == "[":
-                end = glob.index("]", i)
-                regex, i = regex + glob[i : end + 1], end + 1
-            else:
-                regex, i = regex + re.escape(glob[i]), i + 1
-        patterns.append((negated, re.compile(regex + r"\Z")))
-    return tuple(patterns)
-
-
-def dockerignored(path: str) -> bool:
-    """Whether `COPY . .` leaves `path` (relative to the context, the repository root) out.
-
-    As Docker matches: a pattern excluding a folder excludes what is under it; the last
-    pattern that matches the path or one of its parent folders decides.
-    """
-    parts = path.strip("/").split("/")
-    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-    excluded = False
-    for negated, pattern in _ignore_patterns():
-        if any(pattern.match(prefix) for prefix in prefixes):
-            excluded = not negated
-    return excluded
 
 
 def test_image_installs_the_runtime_requirements_only() -> None:

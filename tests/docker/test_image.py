@@ -35,9 +35,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_dockerfile import dockerignored
 
-from conftest import ROOT
+from conftest import ROOT, dockerignored
 from settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration
