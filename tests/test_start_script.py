@@ -13,14 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, free_port, model_repository, photo
+from conftest import ROOT, free_ports, model_repository, photo, start_with_retry
 
 pytestmark = pytest.mark.integration
 START = ROOT / "Docker" / "start.sh"
 
 
 def launch(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, int, Path]:
-    port = free_port()
+    """start.sh on four fresh ports (API, Triton HTTP, gRPC, metrics); not waited for."""
+    port, http, grpc, metrics = free_ports(4)
     log = tmp_path / "start.log"
     environment = {
         **os.environ,
@@ -28,9 +29,9 @@ def launch(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, int, Path]:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "FASTAPI_PORT": str(port),
         "FASTAPI_HOST": "127.0.0.1",
-        "TRITON_HTTP_PORT": str(free_port()),
-        "TRITON_GRPC_PORT": str(free_port()),
-        "TRITON_METRICS_PORT": str(free_port()),
+        "TRITON_HTTP_PORT": str(http),
+        "TRITON_GRPC_PORT": str(grpc),
+        "TRITON_METRICS_PORT": str(metrics),
         "TRITON_REPO": str(model_repository()),
         "GALLERY_DB": str(tmp_path / "gallery.db"),
         **env,
@@ -53,6 +54,24 @@ def wait_ready(process: subprocess.Popen, port: int, log: Path, timeout: float =
             pass
         time.sleep(0.3)
     raise AssertionError(f"not ready in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def launch_ready(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, int, Path]:
+    """start.sh up and ready; launched again on new ports if one of its ports was taken."""
+    started: list = []
+
+    def attempt() -> str | None:
+        process, port, log = launch(tmp_path, **env)
+        try:
+            wait_ready(process, port, log)
+        except AssertionError:
+            stop(process)
+            return log.read_text(errors="replace")
+        started[:] = [process, port, log]
+        return None
+
+    start_with_retry(attempt, move=lambda: None)  # every launch takes fresh ports
+    return started[0], started[1], started[2]
 
 
 def children(pid: int) -> list[int]:
@@ -78,9 +97,8 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def test_start_script_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    process, port, log = launch(tmp_path)
+    process, port, log = launch_ready(tmp_path)
     try:
-        wait_ready(process, port, log)
         data = photo("gdp.jpg").read_bytes()
         response = httpx.post(
             f"http://127.0.0.1:{port}/face-similarity",
@@ -96,7 +114,7 @@ def test_start_script_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path
 
 
 def test_sigterm_lets_requests_in_flight_finish_before_stopping(tmp_path: Path) -> None:
-    process, port, log = launch(tmp_path)
+    process, port, log = launch_ready(tmp_path)
     data = photo("t1.jpg").read_bytes()
     finished: list[tuple[int, float]] = []
 
@@ -108,7 +126,6 @@ def test_sigterm_lets_requests_in_flight_finish_before_stopping(tmp_path: Path) 
         finished.append((answer.status_code, time.monotonic()))
 
     try:
-        wait_ready(process, port, log)
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             for _ in range(16):  # ~0.7 s of work on two cores: most of it still queued at SIGTERM
                 pool.submit(detect)
@@ -124,9 +141,8 @@ def test_sigterm_lets_requests_in_flight_finish_before_stopping(tmp_path: Path) 
 
 
 def test_start_script_exits_non_zero_when_triton_dies(tmp_path: Path) -> None:
-    process, port, log = launch(tmp_path)
+    process, port, log = launch_ready(tmp_path)
     try:
-        wait_ready(process, port, log)
         [triton_pid] = descendants_named(process.pid, "tritonserver")
         os.kill(triton_pid, signal.SIGKILL)
         assert process.wait(60) != 0
@@ -136,9 +152,8 @@ def test_start_script_exits_non_zero_when_triton_dies(tmp_path: Path) -> None:
 
 
 def test_start_script_uses_an_external_triton_and_boots_none(tmp_path: Path, triton) -> None:
-    process, port, log = launch(tmp_path, TRITON_URL=triton.url)
+    process, port, log = launch_ready(tmp_path, TRITON_URL=triton.url)
     try:
-        wait_ready(process, port, log)
         assert not descendants_named(process.pid, "tritonserver")
         assert "external Triton" in log.read_text()
     finally:
