@@ -27,7 +27,7 @@ from gallery import IdentityNotFound, open_gallery
 from gallery_api import Error, NoUsableFace, SameIdentity, Unprocessable, read_image
 from gallery_api import router as gallery_router
 from metrics import GALLERY_FACES, GALLERY_IDENTITIES, HttpMetrics, exposition
-from middleware import REQUEST_ID_HEADER, BodySizeLimit, InFlightLimit, RequestId, configure_logging
+from middleware import REQUEST_ID_HEADER, AdmissionQueue, BodySizeLimit, RequestId, configure_logging
 from pipeline import Detections, FacePipeline, align_faces, cosine_similarity
 from settings import Settings
 from triton_service import DETECTOR, RECOGNIZER, TritonClient
@@ -212,9 +212,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     configure_logging(settings.log_json)
-    # Added innermost first: a request meets RequestId, HttpMetrics, CORS, InFlightLimit, BodySizeLimit.
+    # Added innermost first: a request meets RequestId, HttpMetrics, CORS, AdmissionQueue, BodySizeLimit.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        AdmissionQueue, limit=settings.max_in_flight, queue_length=settings.queue_length,
+        timeout_s=settings.queue_timeout_s, max_body_bytes=settings.max_request_bytes,
+    )
     if settings.cors_origins:  # closed by default: no cross-origin browser access
         app.add_middleware(
             CORSMiddleware,

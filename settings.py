@@ -60,8 +60,26 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, gt=0, description="whole request body, checked before it is read"
     )
     max_enroll_images: int = Field(default=10, gt=0, description="images per enrollment request")
+    # Back-pressure (middleware.AdmissionQueue). Sized on two cores (README, Reliability):
+    # /embedding runs at ~40 requests/s, so QUEUE_LENGTH waiting requests are served in about
+    # QUEUE_LENGTH / 40 s, which the timeout covers, and a waiting client has its answer
+    # (served or 503) within about 2 s.
     max_in_flight: int = Field(
-        default=32, gt=0, description="requests worked on at once; more get 503 + Retry-After at once"
+        default=8, gt=0, description="requests worked on at once; the next ones wait in the queue"
+    )
+    queue_length: int = Field(
+        default=64,
+        ge=0,
+        description="requests that may wait (FIFO) for one of the MAX_IN_FLIGHT slots; beyond, 503 + "
+        "Retry-After at once. Memory: a waiting request's body is not read before it is admitted "
+        "(the server buffers at most 64 KiB of it), so the queue holds at most QUEUE_LENGTH x 64 KiB "
+        "of uploads, and never more than QUEUE_LENGTH x MAX_REQUEST_BYTES",
+    )
+    queue_timeout_s: float = Field(
+        default=1.5,
+        gt=0,
+        description="longest wait in the queue, seconds; then 503 + Retry-After (computed from the "
+        "observed service rate and the backlog)",
     )
     cors_origins: list[str] = Field(
         default=[], description='browser origins allowed to call the API (JSON list, e.g. ["https://app.example"])'

@@ -1,4 +1,4 @@
-"""Faults and load: Triton going away and coming back, back-pressure, request ids, CORS.
+"""Faults and load: Triton going away and coming back, back-pressure and queueing, request ids, CORS.
 
 Integration tests run a Triton of their own (so they can kill it) and the API pointed at it
 through TRITON_URL, the way `make api` runs against an external Triton.
@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from conftest import ApiProcess, TritonProcess, model_repository, photo
@@ -81,26 +82,69 @@ def test_a_triton_that_stops_answering_costs_one_timeout_not_a_hang(
         api.stop()
 
 
-def test_requests_beyond_the_in_flight_limit_get_503_with_retry_after(
-    triton: TritonProcess, tmp_path: Path
-) -> None:
-    api = ApiProcess({"TRITON_URL": triton.url, "MAX_IN_FLIGHT": "2"}, tmp_path / "api.log").start()
+def burst(url: str, requests: int, clients: int, probes: int = 0) -> tuple[list[httpx.Response], list[int]]:
+    """`requests` detections of t1.jpg from `clients` threads, /ready polled `probes` times meanwhile."""
     data = photo("t1.jpg").read_bytes()
 
     def detect(_: int) -> httpx.Response:
-        return httpx.post(f"{api.url}/detect", files={"image": ("t1.jpg", data)}, timeout=60)
+        return httpx.post(f"{url}/detect", files={"image": ("t1.jpg", data)}, timeout=120)
 
+    with concurrent.futures.ThreadPoolExecutor(clients + 1) as pool:
+        answers = pool.map(detect, range(requests))
+        ready = [httpx.get(f"{url}/ready", timeout=30).status_code for _ in range(probes)]
+        return list(answers), ready
+
+
+def admission(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics").text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("frtriton_admission_"):
+                samples[sample.name + "".join(f"/{v}" for v in sample.labels.values())] = sample.value
+    return samples
+
+
+def test_a_burst_beyond_the_in_flight_limit_but_within_the_queue_is_all_served(
+    triton: TritonProcess, tmp_path: Path
+) -> None:
+    # Two at work, up to 32 waiting, and a wait long enough that no machine is too slow for it.
+    env = {"TRITON_URL": triton.url, "MAX_IN_FLIGHT": "2", "QUEUE_LENGTH": "32", "QUEUE_TIMEOUT_S": "120"}
+    api = ApiProcess(env, tmp_path / "api.log").start()
     try:
-        with concurrent.futures.ThreadPoolExecutor(12) as pool:
-            answers = list(pool.map(detect, range(24)))
+        before = admission(api.url)
+        answers, ready = burst(api.url, requests=24, clients=12, probes=5)
+        assert [a.status_code for a in answers] == [200] * 24
+        assert all(len(a.json()["faces"]) == 6 and a.headers["X-Request-ID"] for a in answers)
+        assert ready == [200] * 5  # probes never wait behind the burst
+        after = admission(api.url)
+        assert after["frtriton_admission_wait_seconds_count"] > before["frtriton_admission_wait_seconds_count"], (
+            "nobody waited: the burst never exceeded the in-flight limit and the test proved nothing"
+        )
+        assert after["frtriton_admission_shed_total/queue_full"] == before["frtriton_admission_shed_total/queue_full"]
+        assert after["frtriton_admission_shed_total/timeout"] == before["frtriton_admission_shed_total/timeout"]
+        assert after["frtriton_admission_queue_depth"] == 0 and after["frtriton_admission_active"] == 0
+    finally:
+        api.stop()
+
+
+def test_requests_beyond_the_queue_get_503_at_once_with_a_computed_retry_after(
+    triton: TritonProcess, tmp_path: Path
+) -> None:
+    env = {"TRITON_URL": triton.url, "MAX_IN_FLIGHT": "1", "QUEUE_LENGTH": "1", "QUEUE_TIMEOUT_S": "120"}
+    api = ApiProcess(env, tmp_path / "api.log").start()
+    try:
+        answers, ready = burst(api.url, requests=24, clients=12, probes=3)
         statuses = sorted({a.status_code for a in answers})
         assert statuses == [200, 503], statuses
-        refused = next(a for a in answers if a.status_code == 503)
-        assert refused.headers["Retry-After"] == "1" and "busy" in refused.json()["detail"]
+        refused = [a for a in answers if a.status_code == 503]
+        assert all(re.fullmatch(r"[1-9][0-9]*", a.headers["Retry-After"]) for a in refused)
+        assert all("busy" in a.json()["detail"] and a.headers["X-Request-ID"] for a in refused)
         assert all(len(a.json()["faces"]) == 6 for a in answers if a.status_code == 200)
+        assert admission(api.url)["frtriton_admission_shed_total/queue_full"] == len(refused)
         # probes are never refused, and once the burst is over the service works as before
-        assert httpx.get(f"{api.url}/ready").status_code == 200
-        assert detect(0).status_code == 200
+        assert ready == [200] * 3 and httpx.get(f"{api.url}/ready").status_code == 200
+        assert burst(api.url, requests=1, clients=1)[0][0].status_code == 200
     finally:
         api.stop()
 
