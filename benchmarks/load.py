@@ -9,12 +9,14 @@ GET /identities and enrollments (POST /identities of LFW photos); afterwards eve
 that was answered 201 is read back: one missing is a lost write. With `--workload embedding`
 every client posts photos to /embedding, over a minimal keep-alive HTTP/1.1 client (see
 RawConnection) light enough for 512 clients on the service's own two cores. Clients are
-closed loops (one request at a time); a 503 is followed by a pause of its Retry-After, as a
-well-behaved client does (`--ignore-retry-after`: retry at once). Meanwhile /ready is
+closed loops (one request at a time); a 503 is followed by a pause of its Retry-After plus a
+random share of it, as a well-behaved client does (`--ignore-retry-after`: retry at once). Meanwhile /ready is
 polled every half second and the API process's resident memory (VmRSS, found by the port
 it listens on, or --api-pid) is sampled. Prints per level: requests/s, goodput (2xx/s) and its ratio to the goodput at 4
 clients (the capacity), the share served, p50/p99 latency of the served requests, the 503s
-refused at once (queue full: count, p50/p99/max latency) and after waiting (queue timeout),
+refused at once (queue full: count, p50/p99/max latency; and apart, those sent after the
+first `--settle` seconds, when every client's first request arrived together) and after
+waiting (queue timeout),
 other unexpected answers, the /ready polls, the API's peak RSS.
 A measurement, not a test: no number is asserted.
 """
@@ -27,21 +29,41 @@ import collections
 import contextlib
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 from throughput import peak_memory_mb, photo_mix
 
+
+class Outcome(NamedTuple):
+    operation: str
+    status: int  # 0: no answer
+    seconds: float
+    reason: str  # of a 503: queue_full, timeout, unavailable
+    began: float  # perf_counter() when sent
+
+
 OPERATIONS = ("detect", "embedding", "similarity", "identify", "list", "enroll")
+
+
+def backoff(retry_after: float) -> float:
+    """The pause after a 503: its Retry-After, plus up to as much again at random.
+
+    Without the jitter every client refused in the same instant returns in the same instant:
+    a herd that fills the queue at once, is mostly refused together, and leaves it idle after.
+    """
+    return retry_after * (1 + random.random())
 
 
 async def client_loop(
     client: httpx.AsyncClient, args, photos: list[bytes], people: list[tuple[str, bytes]], offset: int,
-    deadline: float, results: list[tuple[str, int, float, str]], enrolled: list[str],
+    deadline: float, results: list[Outcome], enrolled: list[str],
 ) -> None:
     step = offset
     while time.perf_counter() < deadline:
@@ -72,10 +94,10 @@ async def client_loop(
                 retry_after = float(answer.headers.get("Retry-After", "1"))
         except httpx.HTTPError:
             status = 0  # no answer at all: counted with the unexpected failures
-        results.append((operation, status, time.perf_counter() - begin, reason))
+        results.append(Outcome(operation, status, time.perf_counter() - begin, reason, begin))
         step += 7
         if status == 503 and not args.ignore_retry_after:
-            await asyncio.sleep(max(0.0, min(retry_after, deadline - time.perf_counter())))
+            await asyncio.sleep(max(0.0, min(backoff(retry_after), deadline - time.perf_counter())))
 
 
 class RawConnection:
@@ -148,7 +170,7 @@ def shed_reason_of(body: bytes) -> str:
 
 
 async def flood_loop(
-    args, requests: list[bytes], offset: int, deadline: float, results: list[tuple[str, int, float, str]],
+    args, requests: list[bytes], offset: int, deadline: float, results: list[Outcome],
     errors: collections.Counter,
 ) -> None:
     """One closed-loop client of the /embedding flood, on a connection of its own."""
@@ -167,10 +189,10 @@ async def flood_loop(
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
                 status = 0
                 errors[type(error).__name__] += 1
-            results.append(("embedding", status, time.perf_counter() - begin, reason))
+            results.append(Outcome("embedding", status, time.perf_counter() - begin, reason, begin))
             step += 7
             if status == 503 and not args.ignore_retry_after:
-                await asyncio.sleep(max(0.0, min(retry_after, deadline - time.perf_counter())))
+                await asyncio.sleep(max(0.0, min(backoff(retry_after), deadline - time.perf_counter())))
     finally:
         await connection.close()
 
@@ -228,7 +250,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 async def run_level(args, photos, people, concurrency: int, enrolled: list[str]) -> dict:
-    results: list[tuple[str, int, float, str]] = []
+    results: list[Outcome] = []
     polls: list[tuple[int, float]] = []
     rss: list[float] = []
     errors: collections.Counter = collections.Counter()  # no answer at all, by exception
@@ -246,9 +268,11 @@ async def run_level(args, photos, people, concurrency: int, enrolled: list[str])
         start = time.perf_counter()
         await asyncio.gather(poll_ready(args.url, deadline, polls), sample_rss(args.api_pid, deadline, rss), *loops)
         elapsed = time.perf_counter() - start
-    statuses = collections.Counter(r[1] for r in results)
-    served = [r[2] for r in results if 200 <= r[1] < 300]
-    at_once = [r[2] for r in results if r[3] == "queue_full"]
+    statuses = collections.Counter(r.status for r in results)
+    served = [r.seconds for r in results if 200 <= r.status < 300]
+    at_once = [r.seconds for r in results if r.reason == "queue_full"]
+    # after the first `--settle` seconds: without the stampede of every client's first request at once
+    settled = [r.seconds for r in results if r.reason == "queue_full" and r.began >= start + args.settle]
     return {
         "concurrency": concurrency,
         "requests": len(results),
@@ -257,13 +281,16 @@ async def run_level(args, photos, people, concurrency: int, enrolled: list[str])
         "served_share": len(served) / max(1, len(results)),
         "statuses": dict(sorted(statuses.items())),
         "shed_queue_full": len(at_once),
-        "shed_timeout": sum(r[3] == "timeout" for r in results),
+        "shed_timeout": sum(r.reason == "timeout" for r in results),
         "unexpected": sum(n for s, n in statuses.items() if s == 0 or (s >= 500 and s != 503)),
         "p50_ms": percentile(served, 50),
         "p99_ms": percentile(served, 99),
         "shed_at_once_p50_ms": percentile(at_once, 50),
         "shed_at_once_p99_ms": percentile(at_once, 99),
         "shed_at_once_max_ms": max(at_once) * 1000 if at_once else None,
+        "shed_at_once_settled": len(settled),
+        "shed_at_once_settled_p50_ms": percentile(settled, 50),
+        "shed_at_once_settled_p99_ms": percentile(settled, 99),
         "ready_polls": len(polls),
         "ready_not_200": sum(status != 200 for status, _ in polls),
         "ready_max_ms": max(t for _, t in polls) * 1000 if polls else None,
@@ -284,19 +311,28 @@ def number(value: float | None, spec: str = ".0f") -> str:
 
 def print_levels(levels: list[dict]) -> None:
     capacity = next((level["goodput_per_s"] for level in levels if level["concurrency"] == 4), None)
-    print(f"{'clients':>7} {'req/s':>6} {'good/s':>6} {'x cap':>5} {'served':>7} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'503 at once: n p50/p99/max ms':>30} {'503 wait':>8} {'unexp':>5} {'ready ok':>9} {'ready max':>9} "
-          f"{'RSS MB':>6}  statuses")
+    columns = [  # (heading, width, cell of a level)
+        ("clients", 7, lambda v: str(v["concurrency"])),
+        ("req/s", 6, lambda v: f"{v['requests_per_s']:.1f}"),
+        ("good/s", 6, lambda v: f"{v['goodput_per_s']:.1f}"),
+        ("x cap", 5, lambda v: number(v["goodput_per_s"] / capacity if capacity else None, ".2f")),
+        ("served", 7, lambda v: f"{v['served_share']:.1%}"),
+        ("p50 ms", 7, lambda v: number(v["p50_ms"])),
+        ("p99 ms", 7, lambda v: number(v["p99_ms"])),
+        ("503 at once: n p50/p99/max ms", 30, lambda v: f"{v['shed_queue_full']} {number(v['shed_at_once_p50_ms'])}/"
+         f"{number(v['shed_at_once_p99_ms'])}/{number(v['shed_at_once_max_ms'])}"),
+        ("settled: n p50/p99", 18, lambda v: f"{v['shed_at_once_settled']} "
+         f"{number(v['shed_at_once_settled_p50_ms'])}/{number(v['shed_at_once_settled_p99_ms'])}"),
+        ("503 wait", 8, lambda v: str(v["shed_timeout"])),
+        ("unexp", 5, lambda v: str(v["unexpected"])),
+        ("ready ok", 9, lambda v: f"{v['ready_polls'] - v['ready_not_200']}/{v['ready_polls']}"),
+        ("ready max", 9, lambda v: number(v["ready_max_ms"])),
+        ("RSS MB", 6, lambda v: number(v["api_rss_peak_mb"])),
+    ]
+    print(" ".join(f"{heading:>{width}}" for heading, width, _ in columns) + "  statuses")
     for level in levels:
-        ratio = level["goodput_per_s"] / capacity if capacity else None
-        at_once = (f"{level['shed_queue_full']} {number(level['shed_at_once_p50_ms'])}/"
-                   f"{number(level['shed_at_once_p99_ms'])}/{number(level['shed_at_once_max_ms'])}")
-        ready = f"{level['ready_polls'] - level['ready_not_200']}/{level['ready_polls']}"
-        print(f"{level['concurrency']:>7} {level['requests_per_s']:>6.1f} {level['goodput_per_s']:>6.1f} "
-              f"{number(ratio, '.2f'):>5} {level['served_share']:>7.1%} {number(level['p50_ms']):>7} "
-              f"{number(level['p99_ms']):>7} {at_once:>30} {level['shed_timeout']:>8} {level['unexpected']:>5} "
-              f"{ready:>9} {number(level['ready_max_ms']):>9} {number(level['api_rss_peak_mb']):>6}  "
-              f"{level['statuses']}" + (f" errors {level['errors']}" if level["errors"] else ""))
+        cells = " ".join(f"{cell(level):>{width}}" for _, width, cell in columns)
+        print(f"{cells}  {level['statuses']}" + (f" errors {level['errors']}" if level["errors"] else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--ignore-retry-after", action="store_true", help="retry a 503 at once")
     parser.add_argument("--api-pid", type=int, help="the API process (default: the one listening on --url's port)")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="503s sent after this many seconds of a level are also reported apart")
     parser.add_argument("--pause", type=float, default=3.0, help="seconds between levels, for the queue to drain")
     parser.add_argument("--api-key", help="X-API-Key, when the service has API_KEY set")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
