@@ -90,8 +90,9 @@ class AdmissionQueue:
     is refused at once. Probes, docs and the demo page pass straight through.
 
     Nothing is read from a request before it is admitted: its body stays in the server
-    (uvicorn reads at most 64 KiB ahead, then stops reading the socket), so the waiting
-    requests hold about `queue_length` x 64 KiB, never their uploads. A refused request's
+    (uvicorn reads ahead its 64 KiB high-water mark plus at most one 256 KiB socket read, then
+    stops reading the socket), so the waiting requests hold at most `queue_length` x 320 KiB,
+    never their uploads. A refused request's
     body is read and dropped chunk by chunk, so the client sees the answer.
 
     `Retry-After` is computed from the observed service time: the backlog ahead of a new

@@ -72,8 +72,9 @@ class Settings(BaseSettings):
         ge=0,
         description="requests that may wait (FIFO) for one of the MAX_IN_FLIGHT slots; beyond, 503 + "
         "Retry-After at once. Memory: a waiting request's body is not read before it is admitted "
-        "(the server buffers at most 64 KiB of it), so the queue holds at most QUEUE_LENGTH x 64 KiB "
-        "of uploads, and never more than QUEUE_LENGTH x MAX_REQUEST_BYTES",
+        "(uvicorn reads ahead at most its 64 KiB high-water mark plus one 256 KiB socket read, then "
+        "stops reading), so the queue holds at most QUEUE_LENGTH x 320 KiB of uploads (20 MiB for 64), "
+        "and in no case more than QUEUE_LENGTH x MAX_REQUEST_BYTES",
     )
     queue_timeout_s: float = Field(
         default=1.75,

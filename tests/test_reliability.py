@@ -11,6 +11,8 @@ import logging
 import os
 import re
 import signal
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +149,79 @@ def test_requests_beyond_the_queue_get_503_at_once_with_a_computed_retry_after(
         assert burst(api.url, requests=1, clients=1)[0][0].status_code == 200
     finally:
         api.stop()
+
+
+MIB = 1 << 20
+BOUNDARY = "queued-upload"
+UPLOAD_HEAD = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n'
+               "Content-Type: image/jpeg\r\n\r\n").encode()
+UPLOAD_TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+class Upload:
+    """A raw POST /detect of a `megabytes` body, sent from a thread as fast as the server reads it."""
+
+    def __init__(self, port: int, megabytes: int) -> None:
+        self.megabytes = megabytes
+        self.sent = 0  # body bytes the kernel took so far
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        length = len(UPLOAD_HEAD) + megabytes * MIB + len(UPLOAD_TAIL)
+        self.head = (f"POST /detect HTTP/1.1\r\nHost: api\r\nContent-Length: {length}\r\n"
+                     f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n").encode()
+
+    def run(self) -> bytes:
+        """Send everything, then return the answer's status line."""
+        with self.sock:
+            self.sock.sendall(self.head + UPLOAD_HEAD)
+            chunk = bytes(MIB)
+            for _ in range(self.megabytes):
+                self.sock.sendall(chunk)
+                self.sent += MIB
+            self.sock.sendall(UPLOAD_TAIL)
+            answer = b""
+            while b"\r\n" not in answer and (data := self.sock.recv(4096)):
+                answer += data
+            return answer.split(b"\r\n", 1)[0]
+
+
+def resident_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
+
+
+def test_requests_waiting_in_the_queue_leave_their_uploads_unread(tmp_path: Path) -> None:
+    """Four 40 MB uploads wait behind a request stuck on a Triton that never answers: the API has
+    read a few hundred KB of each (the server's read-ahead), not 160 MB; once admitted, each is read."""
+    megabytes, waiting = 40, 4
+    with socket.socket() as silent:  # accepts connections, never answers: the one slot stays taken
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        env = {"TRITON_URL": f"127.0.0.1:{silent.getsockname()[1]}", "TRITON_TIMEOUT_S": "300",
+               "MAX_IN_FLIGHT": "1", "QUEUE_LENGTH": str(waiting), "QUEUE_TIMEOUT_S": "300"}
+        api = ApiProcess(env, tmp_path / "api.log").start()
+        try:
+            with concurrent.futures.ThreadPoolExecutor(waiting + 1) as pool, \
+                    httpx.Client(base_url=api.url, timeout=300) as client:
+                stuck = pool.submit(embed, client)
+                while admission(api.url)["frtriton_admission_active"] < 1:
+                    assert not stuck.done(), stuck.result().text
+                baseline = resident_mb(api.process.pid)
+                uploads = [Upload(api.port, megabytes) for _ in range(waiting)]
+                answers = [pool.submit(upload.run) for upload in uploads]
+                while admission(api.url)["frtriton_admission_queue_depth"] < waiting:
+                    assert not any(a.done() for a in answers), [a.result() for a in answers if a.done()]
+                progress = None
+                while progress != (progress := [u.sent for u in uploads]):  # until every sender is blocked
+                    time.sleep(0.5)
+                grown = resident_mb(api.process.pid) - baseline
+                assert all(u.sent < megabytes * MIB for u in uploads), "a waiting request's body was read"
+                assert grown < megabytes, f"the API grew by {grown:.0f} MB while {waiting} uploads waited"
+                silent.close()  # the stuck request fails (503), and the queue moves on
+                assert stuck.result().status_code == 503
+                # each was admitted in turn, its upload read in full and refused for what it is
+                assert [a.result() for a in answers] == [b"HTTP/1.1 413 Request Entity Too Large"] * waiting
+        finally:
+            api.stop()
 
 
 def test_every_answer_carries_a_request_id_that_the_logs_use_and_no_secret_is_logged(
