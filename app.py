@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import faces, gallery, service
-from api.middleware import REQUEST_ID_HEADER, BodySizeLimit, InFlightLimit, RequestId
+from api.middleware import REQUEST_ID_HEADER, AdmissionQueue, BodySizeLimit, RequestId
 from errors import (
     ImageTooLarge,
     InferenceUnavailable,
@@ -104,9 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     configure_logging(settings.log_json)
-    # Added innermost first: a request meets RequestId, HttpMetrics, CORS, InFlightLimit, BodySizeLimit.
+    # Added innermost first: a request meets RequestId, HttpMetrics, CORS, AdmissionQueue, BodySizeLimit.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        AdmissionQueue, limit=settings.max_in_flight, queue_length=settings.queue_length,
+        timeout_s=settings.queue_timeout_s, max_body_bytes=settings.max_request_bytes,
+    )
     if settings.cors_origins:  # closed by default: no cross-origin browser access
         app.add_middleware(
             CORSMiddleware,

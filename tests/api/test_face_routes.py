@@ -275,9 +275,9 @@ def test_other_formats_and_modes_find_the_face(api: httpx.Client, mode: str, fmt
 
 
 def test_triton_unreachable_gives_503_with_retry_after(tmp_path: Path) -> None:
-    from conftest import ApiProcess, free_port
+    from conftest import ApiProcess, unused_port
 
-    server = ApiProcess({"TRITON_URL": f"127.0.0.1:{free_port()}"}, tmp_path / "api.log").start()
+    server = ApiProcess({"TRITON_URL": f"127.0.0.1:{unused_port()}"}, tmp_path / "api.log").start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             ready = client.get("/ready")

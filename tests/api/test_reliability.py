@@ -1,4 +1,4 @@
-"""Faults and load: Triton going away and coming back, back-pressure, request ids, CORS.
+"""Faults and load: Triton going away and coming back, back-pressure and queueing, request ids, CORS.
 
 Integration tests run a Triton of their own (so they can kill it) and the API pointed at it
 through TRITON_URL, the way `make api` runs against an external Triton.
@@ -11,12 +11,15 @@ import logging
 import os
 import re
 import signal
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from conftest import ApiProcess, TritonProcess, model_repository, photo
@@ -81,28 +84,144 @@ def test_a_triton_that_stops_answering_costs_one_timeout_not_a_hang(
         api.stop()
 
 
-def test_requests_beyond_the_in_flight_limit_get_503_with_retry_after(
-    triton: TritonProcess, tmp_path: Path
-) -> None:
-    api = ApiProcess({"TRITON_URL": triton.url, "MAX_IN_FLIGHT": "2"}, tmp_path / "api.log").start()
+def burst(url: str, requests: int, clients: int, probes: int = 0) -> tuple[list[httpx.Response], list[int]]:
+    """`requests` detections of t1.jpg from `clients` threads, /ready polled `probes` times meanwhile."""
     data = photo("t1.jpg").read_bytes()
 
     def detect(_: int) -> httpx.Response:
-        return httpx.post(f"{api.url}/detect", files={"image": ("t1.jpg", data)}, timeout=60)
+        return httpx.post(f"{url}/detect", files={"image": ("t1.jpg", data)}, timeout=120)
 
+    with concurrent.futures.ThreadPoolExecutor(clients + 1) as pool:
+        answers = pool.map(detect, range(requests))
+        ready = [httpx.get(f"{url}/ready", timeout=30).status_code for _ in range(probes)]
+        return list(answers), ready
+
+
+def admission(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics").text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("frtriton_admission_"):
+                samples[sample.name + "".join(f"/{v}" for v in sample.labels.values())] = sample.value
+    return samples
+
+
+def test_a_burst_beyond_the_in_flight_limit_but_within_the_queue_is_all_served(
+    triton: TritonProcess, tmp_path: Path
+) -> None:
+    # Two at work, up to 32 waiting, and a wait long enough that no machine is too slow for it.
+    env = {"TRITON_URL": triton.url, "MAX_IN_FLIGHT": "2", "QUEUE_LENGTH": "32", "QUEUE_TIMEOUT_S": "120"}
+    api = ApiProcess(env, tmp_path / "api.log").start()
     try:
-        with concurrent.futures.ThreadPoolExecutor(12) as pool:
-            answers = list(pool.map(detect, range(24)))
-        statuses = sorted({a.status_code for a in answers})
-        assert statuses == [200, 503], statuses
-        refused = next(a for a in answers if a.status_code == 503)
-        assert refused.headers["Retry-After"] == "1" and "busy" in refused.json()["detail"]
-        assert all(len(a.json()["faces"]) == 6 for a in answers if a.status_code == 200)
-        # probes are never refused, and once the burst is over the service works as before
-        assert httpx.get(f"{api.url}/ready").status_code == 200
-        assert detect(0).status_code == 200
+        before = admission(api.url)
+        answers, ready = burst(api.url, requests=24, clients=12, probes=5)
+        assert [a.status_code for a in answers] == [200] * 24
+        assert all(len(a.json()["faces"]) == 6 and a.headers["X-Request-ID"] for a in answers)
+        assert ready == [200] * 5  # probes never wait behind the burst
+        after = admission(api.url)
+        assert after["frtriton_admission_wait_seconds_count"] > before["frtriton_admission_wait_seconds_count"], (
+            "nobody waited: the burst never exceeded the in-flight limit and the test proved nothing"
+        )
+        assert after["frtriton_admission_shed_total/queue_full"] == before["frtriton_admission_shed_total/queue_full"]
+        assert after["frtriton_admission_shed_total/timeout"] == before["frtriton_admission_shed_total/timeout"]
+        assert after["frtriton_admission_queue_depth"] == 0 and after["frtriton_admission_active"] == 0
     finally:
         api.stop()
+
+
+def test_requests_beyond_the_queue_get_503_at_once_with_a_computed_retry_after(
+    triton: TritonProcess, tmp_path: Path
+) -> None:
+    env = {"TRITON_URL": triton.url, "MAX_IN_FLIGHT": "1", "QUEUE_LENGTH": "1", "QUEUE_TIMEOUT_S": "120"}
+    api = ApiProcess(env, tmp_path / "api.log").start()
+    try:
+        answers, ready = burst(api.url, requests=24, clients=12, probes=3)
+        statuses = sorted({a.status_code for a in answers})
+        assert statuses == [200, 503], statuses
+        refused = [a for a in answers if a.status_code == 503]
+        assert all(re.fullmatch(r"[1-9][0-9]*", a.headers["Retry-After"]) for a in refused)
+        assert all("busy" in a.json()["detail"] and a.headers["X-Request-ID"] for a in refused)
+        assert all(len(a.json()["faces"]) == 6 for a in answers if a.status_code == 200)
+        assert admission(api.url)["frtriton_admission_shed_total/queue_full"] == len(refused)
+        # probes are never refused, and once the burst is over the service works as before
+        assert ready == [200] * 3 and httpx.get(f"{api.url}/ready").status_code == 200
+        assert burst(api.url, requests=1, clients=1)[0][0].status_code == 200
+    finally:
+        api.stop()
+
+
+MIB = 1 << 20
+BOUNDARY = "queued-upload"
+UPLOAD_HEAD = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n'
+               "Content-Type: image/jpeg\r\n\r\n").encode()
+UPLOAD_TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+class Upload:
+    """A raw POST /detect of a `megabytes` body, sent from a thread as fast as the server reads it."""
+
+    def __init__(self, port: int, megabytes: int) -> None:
+        self.megabytes = megabytes
+        self.sent = 0  # body bytes the kernel took so far
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        length = len(UPLOAD_HEAD) + megabytes * MIB + len(UPLOAD_TAIL)
+        self.head = (f"POST /detect HTTP/1.1\r\nHost: api\r\nContent-Length: {length}\r\n"
+                     f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n").encode()
+
+    def run(self) -> bytes:
+        """Send everything, then return the answer's status line."""
+        with self.sock:
+            self.sock.sendall(self.head + UPLOAD_HEAD)
+            chunk = bytes(MIB)
+            for _ in range(self.megabytes):
+                self.sock.sendall(chunk)
+                self.sent += MIB
+            self.sock.sendall(UPLOAD_TAIL)
+            answer = b""
+            while b"\r\n" not in answer and (data := self.sock.recv(4096)):
+                answer += data
+            return answer.split(b"\r\n", 1)[0]
+
+
+def resident_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
+
+
+def test_requests_waiting_in_the_queue_leave_their_uploads_unread(tmp_path: Path) -> None:
+    """Four 40 MB uploads wait behind a request stuck on a Triton that never answers: the API has
+    read a few hundred KB of each (the server's read-ahead), not 160 MB; once admitted, each is read."""
+    megabytes, waiting = 40, 4
+    with socket.socket() as silent:  # accepts connections, never answers: the one slot stays taken
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        env = {"TRITON_URL": f"127.0.0.1:{silent.getsockname()[1]}", "TRITON_TIMEOUT_S": "300",
+               "MAX_IN_FLIGHT": "1", "QUEUE_LENGTH": str(waiting), "QUEUE_TIMEOUT_S": "300"}
+        api = ApiProcess(env, tmp_path / "api.log").start()
+        try:
+            with concurrent.futures.ThreadPoolExecutor(waiting + 1) as pool, \
+                    httpx.Client(base_url=api.url, timeout=300) as client:
+                stuck = pool.submit(embed, client)
+                while admission(api.url)["frtriton_admission_active"] < 1:
+                    assert not stuck.done(), stuck.result().text
+                baseline = resident_mb(api.process.pid)
+                uploads = [Upload(api.port, megabytes) for _ in range(waiting)]
+                answers = [pool.submit(upload.run) for upload in uploads]
+                while admission(api.url)["frtriton_admission_queue_depth"] < waiting:
+                    assert not any(a.done() for a in answers), [a.result() for a in answers if a.done()]
+                progress = None
+                while progress != (progress := [u.sent for u in uploads]):  # until every sender is blocked
+                    time.sleep(0.5)
+                grown = resident_mb(api.process.pid) - baseline
+                assert all(u.sent < megabytes * MIB for u in uploads), "a waiting request's body was read"
+                assert grown < megabytes, f"the API grew by {grown:.0f} MB while {waiting} uploads waited"
+                silent.close()  # the stuck request fails (503), and the queue moves on
+                assert stuck.result().status_code == 503
+                # each was admitted in turn, its upload read in full and refused for what it is
+                assert [a.result() for a in answers] == [b"HTTP/1.1 413 Request Entity Too Large"] * waiting
+        finally:
+            api.stop()
 
 
 def test_every_answer_carries_a_request_id_that_the_logs_use_and_no_secret_is_logged(

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import ApiProcess, free_port, photo
+from conftest import ApiProcess, photo, unused_port
 from frtriton_client import (
     ConnectionFailed,
     FRTritonClient,
@@ -135,7 +135,7 @@ def test_a_photo_without_a_face_raises_no_face_detected_with_status_422(client: 
 
 def test_uploads_above_the_service_limits_raise_invalid_request_with_status_413(tmp_path: Path) -> None:
     # Limits are checked before any inference, so this service needs no Triton.
-    env = {"TRITON_URL": f"127.0.0.1:{free_port()}", "MAX_UPLOAD_BYTES": str(SMALL_UPLOAD_LIMIT),
+    env = {"TRITON_URL": f"127.0.0.1:{unused_port()}", "MAX_UPLOAD_BYTES": str(SMALL_UPLOAD_LIMIT),
            "MAX_REQUEST_BYTES": str(SMALL_REQUEST_LIMIT)}
     server = ApiProcess(env, tmp_path / "api.log").start()
     try:
@@ -246,7 +246,7 @@ def test_gallery_changes_need_the_api_key_when_the_service_sets_one(triton, tmp_
 
 
 def test_triton_unreachable_raises_service_unavailable_with_retry_after(tmp_path: Path) -> None:
-    server = ApiProcess({"TRITON_URL": f"127.0.0.1:{free_port()}"}, tmp_path / "api.log").start()
+    server = ApiProcess({"TRITON_URL": f"127.0.0.1:{unused_port()}"}, tmp_path / "api.log").start()
     try:
         with FRTritonClient(server.url, timeout=60) as client:
             assert client.health() is True
@@ -261,7 +261,7 @@ def test_triton_unreachable_raises_service_unavailable_with_retry_after(tmp_path
 
 
 def test_an_unreachable_api_raises_connection_failed_and_is_not_healthy() -> None:
-    with FRTritonClient(f"http://127.0.0.1:{free_port()}") as client:
+    with FRTritonClient(f"http://127.0.0.1:{unused_port()}") as client:
         assert client.health() is False and client.ready() is False
         with pytest.raises(ConnectionFailed) as caught:
             client.detect(photo("yaoming.jpg"))

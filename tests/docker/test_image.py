@@ -25,7 +25,6 @@ import contextlib
 import functools
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -150,15 +149,6 @@ def image(request: pytest.FixtureRequest) -> str:
 
 
 # --------------------------------------------------------------------------- containers
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on every interface, held open together while chosen."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("0.0.0.0", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
 class Container:
     """A container of the image started by `run_container` (host network, ports from the environment)."""
 
