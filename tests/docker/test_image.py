@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, dockerignored
+from conftest import ROOT, dockerignored, free_ports
 from settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration
