@@ -124,7 +124,11 @@ class TritonProcess:
 
 
 class ApiProcess:
-    """The FastAPI app under uvicorn, as Docker/start.sh runs it."""
+    """The FastAPI app under uvicorn, as Docker/start.sh runs it.
+
+    Without API_KEY in `env` the server generates its key file on the first start (beside
+    GALLERY_DB, or at API_KEY_FILE); `key` reads it, and `client()` sends it.
+    """
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
@@ -136,8 +140,28 @@ class ApiProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def key_file(self) -> Path:
+        return Path(self.env.get("API_KEY_FILE") or Path(self.env["GALLERY_DB"]).parent / "api_key")
+
+    @property
+    def key(self) -> str:
+        """The key the gallery routes want: API_KEY, or the file the server generated."""
+        return self.env.get("API_KEY", "").strip() or self.key_file.read_text().strip()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"X-API-Key": self.key}
+
+    def client(self, timeout: float = 60, keyed: bool = True) -> httpx.Client:
+        """An httpx client of this server, sending its key unless `keyed` is False."""
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=self.auth if keyed else None)
+
     def start(self) -> ApiProcess:
-        argv = [sys.executable, "-m", "uvicorn", "app:create_app", "--factory", "--port", str(self.port)]
+        argv = [
+            sys.executable, "-m", "uvicorn", "app:create_app", "--factory", "--no-proxy-headers",
+            "--port", str(self.port),
+        ]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -165,13 +189,20 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
 
 
 @pytest.fixture(scope="session")
-def api(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def api_server(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    """The API shared by the session; its key is the one it generated on its first start."""
     folder = tmp_path_factory.mktemp("api")
     env = {"TRITON_URL": triton.url, "GALLERY_DB": str(folder / "gallery.db")}
     server = ApiProcess(env, folder / "api.log").start()
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def api(api_server: ApiProcess) -> Iterator[httpx.Client]:
+    """A client of the shared API that sends its key (the open routes ignore it)."""
+    with api_server.client() as client:
+        yield client
 
 
 @pytest.fixture(scope="session")
