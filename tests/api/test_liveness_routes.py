@@ -76,7 +76,7 @@ def api_on(triton: TritonProcess, folder: Path, **env: str) -> ApiProcess:
 @pytest.fixture(scope="session")
 def live_api(live_triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     server = api_on(live_triton, tmp_path_factory.mktemp("live-api"), ENROLL_REQUIRE_LIVE="true")
-    with httpx.Client(base_url=server.url, timeout=120) as client:
+    with server.client(timeout=120) as client:
         yield client
     server.stop()
 
@@ -196,7 +196,7 @@ def core_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]
     folder = tmp_path_factory.mktemp("core-only")
     triton = TritonProcess(core_repository(folder / "repo"), folder / "triton.log").start()
     server = api_on(triton, folder)
-    with httpx.Client(base_url=server.url, timeout=120) as client:
+    with server.client(timeout=120) as client:
         yield client
     server.stop()
     triton.stop()
