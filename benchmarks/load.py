@@ -2,7 +2,8 @@
 
     python benchmarks/load.py [--url http://127.0.0.1:3000] [--seconds 40] [--concurrency 1 4 16 64]
 
-Needs the service running (`make run`; with API_KEY set, pass --api-key). Each client loops
+Needs the service running (`make run`) and its API key for the gallery routes: --api-key,
+else $FRTRITON_API_KEY, else the file --api-key-file (default data/api_key). Each client loops
 over /detect, /embedding, /face-similarity, /identify, GET /identities and enrollments
 (POST /identities of LFW photos), for `--seconds` per concurrency level. Afterwards every
 enrollment that was answered 201 is read back: one missing is a lost write. Prints, per
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,7 +66,7 @@ async def client_loop(
 async def run_level(args, photos, people, concurrency: int, enrolled: list[str]) -> dict:
     results: list[tuple[str, int, float]] = []
     deadline = time.perf_counter() + args.seconds
-    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    headers = {"X-API-Key": args.api_key}
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=args.url, timeout=120, headers=headers, limits=limits) as client:
         start = time.perf_counter()
@@ -85,7 +87,7 @@ async def run_level(args, photos, people, concurrency: int, enrolled: list[str])
 
 
 def lost_writes(args, enrolled: list[str]) -> int:
-    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    headers = {"X-API-Key": args.api_key}
     with httpx.Client(base_url=args.url, timeout=60, headers=headers) as client:
         return sum(client.get(f"/identities/{identity}").status_code != 200 for identity in enrolled)
 
@@ -96,9 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lfw", type=Path, default=Path(__file__).resolve().parents[2] / "shared/datasets/lfw-devtest")
     parser.add_argument("--seconds", type=float, default=40.0, help="per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--api-key", help="X-API-Key, when the service has API_KEY set")
+    parser.add_argument("--api-key", default=os.environ.get("FRTRITON_API_KEY"), help="X-API-Key of the service")
+    parser.add_argument("--api-key-file", type=Path, default=Path("data/api_key"),
+                        help="read the key from here when --api-key and FRTRITON_API_KEY are not given")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args(argv)
+    if not args.api_key:
+        if not args.api_key_file.is_file():
+            parser.error(f"no API key: pass --api-key, set FRTRITON_API_KEY or --api-key-file ({args.api_key_file})")
+        args.api_key = args.api_key_file.read_text().strip()
     photos = [data for _, data in photo_mix(args.lfw)]
     people = [(p.parent.name, p.read_bytes()) for p in sorted((args.lfw / "deepfunneled").glob("*/*.jpg"))[:200]]
     enrolled: list[str] = []
