@@ -54,18 +54,24 @@ API_KEY_SCHEME = APIKeyHeader(
 )
 
 
+MAX_ADDRESS_CHARS = 64  # an IPv6 address with a zone fits; a forged header cannot grow the window's memory
+
+
 def client_address(request: Request, settings: Settings) -> str:
     """The address wrong keys are counted against: the connection's peer, or with TRUST_FORWARDED_FOR
     the last X-Forwarded-For entry (the one the reverse proxy in front appended)."""
     if settings.trust_forwarded_for:
-        forwarded = request.headers.get("x-forwarded-for", "")
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
         if last := forwarded.rsplit(",", 1)[-1].strip():
-            return last
+            return last[:MAX_ADDRESS_CHARS]
     return request.client.host if request.client else "unknown"
 
 
-def require_key(request: Request, given: Annotated[str | None, Security(API_KEY_SCHEME)] = None) -> None:
-    """401 without the right X-API-Key (saying where the key is), 429 after too many wrong ones."""
+async def require_key(request: Request, given: Annotated[str | None, Security(API_KEY_SCHEME)] = None) -> None:
+    """401 without the right X-API-Key (saying where the key is), 429 after too many wrong ones.
+
+    `async` on purpose: it runs on the event loop, never in a worker thread, so the failure
+    window is only ever touched by one request at a time (and the check does no I/O)."""
     guard: KeyGuard = request.app.state.api_keys
     verdict = guard.check(given, client_address(request, request.app.state.settings))
     if verdict.outcome is Outcome.ACCEPTED:

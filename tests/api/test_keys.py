@@ -271,3 +271,20 @@ def test_the_openapi_schema_declares_the_key_on_the_gallery_routes_only(app_clie
     for method, path in gallery:
         assert {"401", "429"} <= set(schema["paths"][path][method]["responses"]), (method, path)
     assert "Authorize" in schema["info"]["description"]
+
+
+def test_the_trusted_forwarded_address_is_the_last_entry_of_every_header_and_bounded(tmp_path: Path) -> None:
+    from starlette.requests import Request
+
+    from api.dependencies import MAX_ADDRESS_CHARS, client_address
+
+    def request(*forwarded: str) -> Request:
+        headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
+        return Request({"type": "http", "headers": headers, "client": ("10.1.2.3", 5555)})
+
+    trusting = settings(tmp_path, trust_forwarded_for=True)
+    assert client_address(request("198.51.100.7"), settings(tmp_path)) == "10.1.2.3"  # not trusted: the peer
+    assert client_address(request("1.1.1.1, 198.51.100.7"), trusting) == "198.51.100.7"
+    assert client_address(request("1.1.1.1", "198.51.100.8"), trusting) == "198.51.100.8"  # two header lines
+    assert client_address(request(""), trusting) == "10.1.2.3"  # nothing usable: the peer
+    assert len(client_address(request("x" * 10_000), trusting)) == MAX_ADDRESS_CHARS
