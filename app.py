@@ -1,6 +1,8 @@
-"""The FastAPI app: settings, lifespan (Triton client, pipeline, gallery, use cases), guards, errors, routes.
+"""The FastAPI app: settings, lifespan (API key, Triton client, pipeline, gallery, use cases), guards, errors, routes.
 
-Run: `uvicorn app:create_app --factory --port 3000` (Docker/start.sh does this).
+Run: `uvicorn app:create_app --factory --no-proxy-headers --port 3000` (Docker/start.sh does this;
+`--no-proxy-headers` keeps the connection's peer as the client address: uvicorn would otherwise
+believe X-Forwarded-For from loopback peers, see TRUST_FORWARDED_FOR).
 Routes live in `api/` (validation and response shapes), the work in `usecases/`, the math in
 `pipeline.py` and `vision/`; every inference goes through `triton_service.TritonClient`.
 """
@@ -19,6 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import faces, gallery, service
+from api.keys import KeyGuard
 from api.middleware import REQUEST_ID_HEADER, AdmissionQueue, BodySizeLimit, RequestId
 from errors import (
     ImageTooLarge,
@@ -73,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # First: a key file that cannot be written stops the start with its reason, before anything opens.
+        app.state.api_keys = await asyncio.to_thread(KeyGuard.from_settings, settings)
         client = TritonClient(triton_address(settings), settings.triton_timeout_s)
         await client.open()
         store = await asyncio.to_thread(
@@ -98,7 +103,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=(
             "Face detection (SCRFD), embedding (ArcFace) and comparison; every model runs on "
-            "NVIDIA Triton Inference Server. Upload images as multipart form fields."
+            "NVIDIA Triton Inference Server. Upload images as multipart form fields.\n\n"
+            "The gallery routes (enroll, list, change, delete, identify) need the `X-API-Key` header: "
+            "the value of `API_KEY`, or the key the server generated on its first start in `data/api_key` "
+            "(beside `GALLERY_DB`). Use **Authorize** to send it from this page."
         ),
         lifespan=lifespan,
     )

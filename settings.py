@@ -128,8 +128,40 @@ class Settings(BaseSettings):
         default=False,
         description="refuse enrollment photos the anti-spoofing model calls a spoof (needs the model: ANTISPOOF_FROM)",
     )
-    api_key: str | None = Field(default=None, description="required in X-API-Key for gallery changes")
-    api_key_reads: bool = Field(default=False, description="also require the key for gallery reads")
+
+    # --- API key (api/keys.py; README, Security) --------------------------------
+    api_key: str | None = Field(
+        default=None,
+        description="the X-API-Key the gallery routes need; unset = the key in API_KEY_FILE, generated on first start",
+    )
+    api_key_file: Path | None = Field(
+        default=None, description="where the generated key is kept; unset = `api_key` beside GALLERY_DB"
+    )
+    api_key_open: bool = Field(
+        default=False, description="no key at all: anyone who reaches the port may use the gallery (local demo only)"
+    )
+    api_key_reads: bool = Field(
+        default=True, description="no longer used (gallery reads always need the key); accepted for old configurations"
+    )
+    api_key_max_failures: int = Field(
+        default=10, ge=1, description="wrong keys from one address within the window before it is answered 429"
+    )
+    api_key_failure_window_s: float = Field(
+        default=60.0, gt=0, description="the sliding window of API_KEY_MAX_FAILURES, seconds"
+    )
+    trust_forwarded_for: bool = Field(
+        default=False,
+        description="count wrong keys per the last X-Forwarded-For address (set by your reverse proxy) instead of "
+        "the connection's peer address; only when every request comes through that proxy",
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _blank_key_is_no_key(cls, value: str | None) -> str | None:
+        """An empty API_KEY (a Compose pass-through of an unset variable, an empty Secret) means "none set"."""
+        if value is None:
+            return None
+        return value.strip() or None
 
     # --- Detection and recognition -------------------------------------------
     detector_input_size: int = Field(

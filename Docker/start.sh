@@ -72,7 +72,7 @@ else
   log "using the external Triton at $TRITON_URL"
 fi
 
-"$PYTHON" -m uvicorn app:create_app --factory --host "$FASTAPI_HOST" --port "$FASTAPI_PORT" &
+"$PYTHON" -m uvicorn app:create_app --factory --no-proxy-headers --host "$FASTAPI_HOST" --port "$FASTAPI_PORT" &
 api_pid=$!
 log "API on http://$FASTAPI_HOST:$FASTAPI_PORT (Swagger UI at /docs)"
 

@@ -1,13 +1,14 @@
-"""What routes receive: the use cases and settings from the app's state, uploads decoded, key checks."""
+"""What routes receive: the use cases and settings from the app's state, uploads decoded, the API key check."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, HTTPException, Request, UploadFile
+from fastapi import Depends, HTTPException, Request, Security, UploadFile
+from fastapi.security import APIKeyHeader
 
+from api.keys import KeyGuard, Outcome
 from imaging.decode import read_upload
 from settings import Settings
 from usecases.enrollment import Enrollment
@@ -43,19 +44,47 @@ async def read_image(upload: UploadFile, settings: Settings) -> np.ndarray:
     return await read_upload(upload, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
 
 
-def _key_checker(needed: bool):
-    def check(request: Request) -> None:
-        settings: Settings = request.app.state.settings
-        if not needed and not settings.api_key_reads:
-            return
-        if settings.api_key is None:
-            return
-        given = request.headers.get(API_KEY_HEADER, "")
-        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-            raise HTTPException(status_code=401, detail=f"missing or wrong {API_KEY_HEADER} header")
-
-    return check
+# Declared as a security scheme: Swagger UI's Authorize button then sends it on the protected routes.
+API_KEY_SCHEME = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="APIKey",
+    description="The gallery's key: the value of API_KEY, or the file API_KEY_FILE (default data/api_key "
+    "beside GALLERY_DB) the server generated on its first start.",
+    auto_error=False,  # the check below gives the 401 (with where the key is) and the 429
+)
 
 
-WriteKey = Depends(_key_checker(True))
-ReadKey = Depends(_key_checker(False))
+MAX_ADDRESS_CHARS = 64  # an IPv6 address with a zone fits; a forged header cannot grow the window's memory
+
+
+def client_address(request: Request, settings: Settings) -> str:
+    """The address wrong keys are counted against: the connection's peer, or with TRUST_FORWARDED_FOR
+    the last X-Forwarded-For entry (the one the reverse proxy in front appended)."""
+    if settings.trust_forwarded_for:
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
+        if last := forwarded.rsplit(",", 1)[-1].strip():
+            return last[:MAX_ADDRESS_CHARS]
+    return request.client.host if request.client else "unknown"
+
+
+async def require_key(request: Request, given: Annotated[str | None, Security(API_KEY_SCHEME)] = None) -> None:
+    """401 without the right X-API-Key (saying where the key is), 429 after too many wrong ones.
+
+    `async` on purpose: it runs on the event loop, never in a worker thread, so the failure
+    window is only ever touched by one request at a time (and the check does no I/O)."""
+    guard: KeyGuard = request.app.state.api_keys
+    verdict = guard.check(given, client_address(request, request.app.state.settings))
+    if verdict.outcome is Outcome.ACCEPTED:
+        return
+    if verdict.outcome is Outcome.LIMITED:
+        raise HTTPException(
+            status_code=429,
+            detail=f"too many wrong {API_KEY_HEADER} values from this address: try again in "
+            f"{verdict.retry_after_s} s (the right key is accepted at any time)",
+            headers={"Retry-After": str(verdict.retry_after_s)},
+        )
+    problem = f"missing {API_KEY_HEADER} header" if verdict.outcome is Outcome.MISSING else f"wrong {API_KEY_HEADER}"
+    raise HTTPException(status_code=401, detail=f"{problem}: {guard.where_to_find_it()}")
+
+
+KeyRequired = Depends(require_key)

@@ -1,8 +1,9 @@
 """HTTP routes of the gallery: enroll, list, update, merge, delete people; identify faces.
 
 Validation and response shapes only: the work is in `usecases` (enrollment, identification,
-people). Writes need `X-API-Key` when `API_KEY` is set (reads too with `API_KEY_READS=true`),
-compared in constant time.
+people). Every route here needs the `X-API-Key` (`api.dependencies.KeyRequired`, on the router,
+so a new route is protected too): changes, the list of everyone enrolled, and identification,
+which names the nearest enrolled people even for a stranger. `API_KEY_OPEN=true` lifts it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from pydantic import BaseModel, Field
 from api.dependencies import (
     EnrollmentDep,
     IdentificationDep,
+    KeyRequired,
     PeopleDep,
-    ReadKey,
     SettingsDep,
-    WriteKey,
     read_image,
 )
 from api.schemas import OPENAPI_JPEG_RESPONSE, Error, Liveness, Unprocessable, liveness_json
@@ -32,11 +32,16 @@ from usecases.enrollment import Enrolled
 # What each status means on the gallery routes; `error_responses(...)` picks a route's own.
 GALLERY_ERRORS: dict[int, dict[str, Any]] = {
     400: {"model": Error, "description": "a body that cannot be parsed (DELETE /identities: confirm=true missing)"},
-    401: {"model": Error, "description": "missing or wrong X-API-Key (only when API_KEY is set)"},
+    401: {"model": Error, "description": "missing or wrong X-API-Key; the detail says where the key is"},
     404: {"model": Error, "description": "no identity with this id"},
     413: {"model": Error, "description": "too many images, or an upload above the byte limit"},
     422: {"model": Unprocessable, "description": "no usable face, or a field missing or invalid"},
     503: {"model": Error, "description": "Triton unavailable or timed out (see Retry-After)"},
+}
+# Every gallery route can answer these (the key check runs first).
+KEY_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: GALLERY_ERRORS[401],
+    429: {"model": Error, "description": "too many wrong X-API-Key values from this address (see Retry-After)"},
 }
 
 
@@ -140,11 +145,11 @@ def parse_metadata(text: str | None) -> dict:
 
 
 # --------------------------------------------------------------------------- routes
-router = APIRouter(tags=["gallery"])
+router = APIRouter(tags=["gallery"], dependencies=[KeyRequired], responses=KEY_ERRORS)
 
 
-@router.post("/identities", status_code=201, response_model=EnrollResponse, dependencies=[WriteKey],
-             responses=error_responses(400, 401, 413, 422, 503), summary="Enroll a person from one or more photos")
+@router.post("/identities", status_code=201, response_model=EnrollResponse,
+             responses=error_responses(400, 413, 422, 503), summary="Enroll a person from one or more photos")
 async def enroll(
     enrollment: EnrollmentDep,
     name: Annotated[str, Form(min_length=1, max_length=200)],
@@ -155,8 +160,8 @@ async def enroll(
     return enroll_response(await enrollment.enroll(name, extra, images))
 
 
-@router.get("/identities", response_model=IdentityList, dependencies=[ReadKey],
-            responses=error_responses(401, 422), summary="List enrolled people")
+@router.get("/identities", response_model=IdentityList,
+            responses=error_responses(422), summary="List enrolled people")
 async def list_identities(
     people: PeopleDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -166,48 +171,48 @@ async def list_identities(
     return IdentityList(total=total, identities=[identity_out(p) for p in found])
 
 
-@router.get("/identities/{identity_id}", response_model=IdentityOut, dependencies=[ReadKey],
-            responses=error_responses(401, 404, 422))
+@router.get("/identities/{identity_id}", response_model=IdentityOut,
+            responses=error_responses(404, 422))
 async def get_identity(people: PeopleDep, identity_id: str) -> IdentityOut:
     return identity_out(await people.get(identity_id))
 
 
-@router.patch("/identities/{identity_id}", response_model=IdentityOut, dependencies=[WriteKey],
-              responses=error_responses(400, 401, 404, 422), summary="Rename a person or replace their metadata")
+@router.patch("/identities/{identity_id}", response_model=IdentityOut,
+              responses=error_responses(400, 404, 422), summary="Rename a person or replace their metadata")
 async def patch_identity(people: PeopleDep, identity_id: str, patch: IdentityPatch) -> IdentityOut:
     return identity_out(await people.update(identity_id, patch.name, patch.metadata))
 
 
-@router.post("/identities/{identity_id}/faces", response_model=EnrollResponse, dependencies=[WriteKey],
-             responses=error_responses(400, 401, 404, 413, 422, 503), summary="Add photos to a person")
+@router.post("/identities/{identity_id}/faces", response_model=EnrollResponse,
+             responses=error_responses(400, 404, 413, 422, 503), summary="Add photos to a person")
 async def add_faces(enrollment: EnrollmentDep, identity_id: str, images: Images) -> EnrollResponse:
     return enroll_response(await enrollment.add_faces(identity_id, images))
 
 
-@router.post("/identities/{identity_id}/merge", response_model=IdentityOut, dependencies=[WriteKey],
-             responses=error_responses(400, 401, 404, 422),
+@router.post("/identities/{identity_id}/merge", response_model=IdentityOut,
+             responses=error_responses(400, 404, 422),
              summary="Move another entry's faces into this person and delete that entry")
 async def merge(people: PeopleDep, identity_id: str, source_id: Annotated[str, Form()]) -> IdentityOut:
     return identity_out(await people.merge(identity_id, source_id))
 
 
-@router.delete("/identities/{identity_id}", response_model=Deleted, dependencies=[WriteKey],
-               responses=error_responses(401, 404, 422))
+@router.delete("/identities/{identity_id}", response_model=Deleted,
+               responses=error_responses(404, 422))
 async def delete_identity(people: PeopleDep, identity_id: str) -> Deleted:
     await people.delete(identity_id)
     return Deleted(deleted=1)
 
 
-@router.delete("/identities", response_model=Deleted, dependencies=[WriteKey],
-               responses=error_responses(400, 401, 422), summary="Delete everyone (needs confirm=true)")
+@router.delete("/identities", response_model=Deleted,
+               responses=error_responses(400, 422), summary="Delete everyone (needs confirm=true)")
 async def delete_all(people: PeopleDep, confirm: bool = False) -> Deleted:
     if not confirm:
         raise HTTPException(status_code=400, detail="deleting every identity needs ?confirm=true; nothing was deleted")
     return Deleted(deleted=await people.delete_all())
 
 
-@router.post("/identify", response_model=IdentifyResponse, dependencies=[ReadKey],
-             responses={**OPENAPI_JPEG_RESPONSE, **error_responses(400, 401, 413, 422, 503)},
+@router.post("/identify", response_model=IdentifyResponse,
+             responses={**OPENAPI_JPEG_RESPONSE, **error_responses(400, 413, 422, 503)},
              response_model_exclude_unset=True,  # liveness only when asked for; identity stays null when unknown
              summary="Name every face in a photo, or call it unknown")
 async def identify(

@@ -3,7 +3,8 @@
     python benchmarks/load.py [--url http://127.0.0.1:3000] [--seconds 40] [--concurrency 1 4 16 64]
     python benchmarks/load.py --workload embedding --concurrency 4 64 512 --seconds 20
 
-Needs the service running (`make run`; with API_KEY set, pass --api-key). With `--workload
+Needs the service running (`make run`) and its API key for the gallery routes: --api-key,
+else $FRTRITON_API_KEY, else the file --api-key-file (default data/api_key). With `--workload
 mixed` (default) each client loops over /detect, /embedding, /face-similarity, /identify,
 GET /identities and enrollments (POST /identities of LFW photos); afterwards every enrollment
 that was answered 201 is read back: one missing is a lost write. With `--workload embedding`
@@ -300,7 +301,7 @@ async def run_level(args, photos, people, concurrency: int, enrolled: list[str])
 
 
 def lost_writes(args, enrolled: list[str]) -> int:
-    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    headers = {"X-API-Key": args.api_key}
     with httpx.Client(base_url=args.url, timeout=60, headers=headers) as client:
         return sum(client.get(f"/identities/{identity}").status_code != 200 for identity in enrolled)
 
@@ -347,9 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=2.0,
                         help="503s sent after this many seconds of a level are also reported apart")
     parser.add_argument("--pause", type=float, default=3.0, help="seconds between levels, for the queue to drain")
-    parser.add_argument("--api-key", help="X-API-Key, when the service has API_KEY set")
+    parser.add_argument("--api-key", default=os.environ.get("FRTRITON_API_KEY"), help="X-API-Key of the service")
+    parser.add_argument("--api-key-file", type=Path, default=Path("data/api_key"),
+                        help="read the key from here when --api-key and FRTRITON_API_KEY are not given")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args(argv)
+    if not args.api_key and args.api_key_file.is_file():
+        args.api_key = args.api_key_file.read_text().strip()
     if args.api_pid is None:
         args.api_pid = listening_pid(urlsplit(args.url).port or 80)
     photos = [data for _, data in photo_mix(args.lfw)]

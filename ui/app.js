@@ -23,8 +23,13 @@ async function post(path, body) {
     } catch {
       // not JSON: keep the status line
     }
+    // The gallery (who is in the photo, enrollment) needs the key; the server's detail says where it is.
     if (response.status === 401) {
       detail += " (enter the API key at the top of the page)";
+      $("api-key").setAttribute("aria-invalid", "true");
+    } else if (response.status === 429) {
+      const wait = response.headers.get("Retry-After");
+      detail += wait ? ` (retry in ${wait} s, or enter the right API key at the top of the page)` : "";
     }
     throw new Error(detail);
   }
@@ -206,4 +211,7 @@ $("enroll-form").addEventListener("submit", async (event) => {
 
 const keyInput = $("api-key");
 keyInput.value = sessionStorage.getItem(KEY_STORAGE) || "";
-keyInput.addEventListener("change", () => sessionStorage.setItem(KEY_STORAGE, keyInput.value.trim()));
+keyInput.addEventListener("change", () => {
+  sessionStorage.setItem(KEY_STORAGE, keyInput.value.trim());
+  keyInput.removeAttribute("aria-invalid");
+});

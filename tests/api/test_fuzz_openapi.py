@@ -11,7 +11,9 @@ It runs the `schemathesis run` command rather than the pytest integration: the l
 longer has. The JSON report it writes is what the assertions read.
 
 The server gets its own empty gallery: a fuzzed DELETE /identities?confirm=true must not reach
-into the gallery other tests share. No API key is set, so the write routes are fuzzed too.
+into the gallery other tests share. Every request carries the key the server generated, so the
+gallery routes are fuzzed past the key check; Schemathesis' `ignored_auth` check also sends them
+without it and fails if any answers anything but 401.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from conftest import ApiProcess, TritonProcess
@@ -34,7 +35,9 @@ pytestmark = pytest.mark.integration
 # Modest, so the run takes well under two minutes on two cores; deterministic generation makes
 # a failure reproduce run after run.
 EXAMPLES_PER_OPERATION = 25
-CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+CHECKS = (
+    "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth"
+)
 # Stateful runs chain operations through OpenAPI links, which this schema does not declare.
 PHASES = "examples,coverage,fuzzing"
 FUZZ_TIMEOUT_S = 900  # a hang must fail the test, not the CI job
@@ -42,18 +45,19 @@ REQUEST_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def fuzz_server(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
     folder: Path = tmp_path_factory.mktemp("fuzz")
     server = ApiProcess({"TRITON_URL": triton.url, "GALLERY_DB": str(folder / "gallery.db")}, folder / "api.log")
     server.start()
-    yield server.url
+    yield server
     server.stop()
 
 
-def run_schemathesis(base_url: str, folder: Path) -> tuple[subprocess.CompletedProcess, dict]:
+def run_schemathesis(server: ApiProcess, folder: Path) -> tuple[subprocess.CompletedProcess, dict]:
     report = folder / "schemathesis.json"
     argv = [
-        sys.executable, "-m", "schemathesis.cli", "run", f"{base_url}/openapi.json",
+        sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}/openapi.json",
+        "--header", f"X-API-Key: {server.key}",
         "--checks", CHECKS,
         "--phases", PHASES,
         "--mode", "all",  # valid and invalid requests
@@ -69,7 +73,7 @@ def run_schemathesis(base_url: str, folder: Path) -> tuple[subprocess.CompletedP
 
 
 def test_fuzzing_every_operation_finds_no_server_error_or_schema_violation(
-    fuzz_server: str, tmp_path: Path
+    fuzz_server: ApiProcess, tmp_path: Path
 ) -> None:
     done, report = run_schemathesis(fuzz_server, tmp_path)
     output = done.stdout[-6000:] + done.stderr[-2000:]
@@ -82,6 +86,6 @@ def test_fuzzing_every_operation_finds_no_server_error_or_schema_violation(
     cases = report["test_cases"]
     assert cases["generated"] >= 10 * operations["total"], cases  # a real run, not an empty one
     assert cases["with_failures"] == 0 and cases["errored"] == 0, cases
-    with httpx.Client(base_url=fuzz_server, timeout=30) as client:  # nothing wedged the process or Triton
+    with fuzz_server.client(timeout=30) as client:  # nothing wedged the process or Triton
         assert client.get("/health").status_code == 200
         assert client.get("/ready").status_code == 200

@@ -37,7 +37,7 @@ def api_on(triton: TritonProcess, folder: Path, **env: str) -> ApiProcess:
 @pytest.fixture(scope="session")
 def live_api(live_triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     server = api_on(live_triton, tmp_path_factory.mktemp("live-api"), ENROLL_REQUIRE_LIVE="true")
-    with httpx.Client(base_url=server.url, timeout=120) as client:
+    with server.client(timeout=120) as client:
         yield client
     server.stop()
 
@@ -155,7 +155,7 @@ def test_models_metrics_and_ready_with_the_anti_spoofing_model(live_api) -> None
 @pytest.fixture(scope="module")
 def core_api(core_triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     server = api_on(core_triton, tmp_path_factory.mktemp("core-only"))
-    with httpx.Client(base_url=server.url, timeout=120) as client:
+    with server.client(timeout=120) as client:
         yield client
     server.stop()
 

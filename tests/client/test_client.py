@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -21,6 +20,7 @@ from frtriton_client import (
     InvalidRequest,
     NoFaceDetected,
     NotFound,
+    RateLimited,
     ServiceUnavailable,
     Timeout,
     Unauthorized,
@@ -44,8 +44,8 @@ NEVER_ANSWERS_TIMEOUT_S = 0.5
 
 
 @pytest.fixture()
-def client(api: httpx.Client) -> Iterator[FRTritonClient]:
-    with FRTritonClient(str(api.base_url), timeout=60) as fr:
+def client(api_server: ApiProcess) -> Iterator[FRTritonClient]:
+    with FRTritonClient(api_server.url, api_key=api_server.key, timeout=60) as fr:
         yield fr
 
 
@@ -225,7 +225,10 @@ def test_merging_moves_the_faces_and_removes_the_source(client: FRTritonClient) 
                 client.delete(identity_id)
 
 
-def test_gallery_changes_need_the_api_key_when_the_service_sets_one(triton, tmp_path: Path) -> None:
+def test_the_gallery_needs_the_api_key_and_the_errors_say_how_to_give_it(
+    triton, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FRTRITON_API_KEY", raising=False)
     env = {"TRITON_URL": triton.url, "GALLERY_DB": str(tmp_path / "g.db"), "API_KEY": API_KEY}
     server = ApiProcess(env, tmp_path / "api.log").start()
     try:
@@ -233,14 +236,62 @@ def test_gallery_changes_need_the_api_key_when_the_service_sets_one(triton, tmp_
             with pytest.raises(Unauthorized) as caught:
                 anonymous.enroll("Yao Ming", photo("yaoming.jpg"))
             assert caught.value.status == 401 and "X-API-Key" in caught.value.detail
-            assert anonymous.list_identities().total == 0  # nothing was stored; reads stay open
-        with FRTritonClient(server.url, api_key="wrong", timeout=60) as wrong, pytest.raises(Unauthorized):
+            assert "this client sent no key: pass api_key= or api_key_file=, or set FRTRITON_API_KEY" in str(
+                caught.value
+            )
+            for read in (anonymous.list_identities, lambda: anonymous.identify(photo("yaoming.jpg"))):
+                with pytest.raises(Unauthorized):  # reads and identification need the key too
+                    read()
+            assert len(anonymous.detect(photo("t1.jpg"))) == GROUP_PHOTO_FACES  # the face routes do not
+        with FRTritonClient(server.url, api_key="wrong", timeout=60) as wrong, pytest.raises(Unauthorized) as caught:
             wrong.enroll("Yao Ming", photo("yaoming.jpg"))
+        assert "this client sent a key the service does not accept" in str(caught.value)
         with FRTritonClient(server.url, api_key=API_KEY, timeout=60) as keyed:
             enrolled = keyed.enroll("Yao Ming", photo("yaoming.jpg"))
             [face] = keyed.identify(photo("yaoming.jpg"))
             assert face.identity is not None and face.identity.id == enrolled.id
-            keyed.delete(enrolled.id)
+        key_file = tmp_path / "copied_api_key"
+        key_file.write_text(API_KEY + "\n")
+        with FRTritonClient(server.url, api_key_file=key_file, timeout=60) as from_file:
+            assert from_file.get_identity(enrolled.id).name == "Yao Ming"
+        monkeypatch.setenv("FRTRITON_API_KEY", API_KEY)
+        with FRTritonClient(server.url, timeout=60) as from_env:
+            assert from_env.list_identities().total == 1
+            from_env.delete(enrolled.id)
+    finally:
+        server.stop()
+
+
+def test_the_generated_key_file_works_as_api_key_file(api_server: ApiProcess) -> None:
+    with FRTritonClient(api_server.url, api_key_file=api_server.key_file, timeout=60) as client:
+        assert client.list_identities(limit=1).total >= 0
+
+
+def test_api_key_and_api_key_file_are_exclusive_and_a_bad_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        FRTritonClient("http://127.0.0.1:9", api_key="k", api_key_file=tmp_path / "k")
+    with pytest.raises(ValueError, match="cannot read the API key file"):
+        FRTritonClient("http://127.0.0.1:9", api_key_file=tmp_path / "absent")
+    (tmp_path / "blank").write_text("\n")
+    with pytest.raises(ValueError, match="is empty"):
+        FRTritonClient("http://127.0.0.1:9", api_key_file=tmp_path / "blank")
+
+
+def test_too_many_wrong_keys_raise_rate_limited_with_retry_after(triton, tmp_path: Path) -> None:
+    env = {"TRITON_URL": triton.url, "GALLERY_DB": str(tmp_path / "g.db"), "API_KEY_MAX_FAILURES": "2"}
+    server = ApiProcess(env, tmp_path / "api.log").start()
+    try:
+        with FRTritonClient(server.url, api_key="a-guess", timeout=60) as guesser:
+            for _ in range(2):
+                with pytest.raises(Unauthorized) as caught:
+                    guesser.list_identities()
+                assert not isinstance(caught.value, RateLimited)
+            with pytest.raises(RateLimited) as caught:
+                guesser.list_identities()
+        assert caught.value.status == 429 and 0 < caught.value.retry_after <= 60
+        assert isinstance(caught.value, Unauthorized)  # one except clause catches both
+        with FRTritonClient(server.url, api_key=server.key, timeout=60) as keyed:
+            assert keyed.list_identities().total == 0  # the right key at once, from the same address
     finally:
         server.stop()
 

@@ -198,6 +198,28 @@ def test_compose_app_environment_names_are_settings_fields(services: dict) -> No
     assert "API_KEY" in env_map(services["api"]) and "API_KEY" in env_map(services["frtriton"])
 
 
+def test_compose_key_file_is_on_a_volume_and_one_volume_serves_every_replica(
+    services: dict, compose: dict
+) -> None:
+    """Without API_KEY the key is generated into `api_key` beside GALLERY_DB (Settings' default
+    /app/data in the image): that folder must be a volume, shared by the scale-out replicas."""
+    default_db = Settings.model_fields["gallery_db"].default
+    image_data_dir = "/app/" + str(default_db.parent.name)  # WORKDIR /app in Docker/Dockerfile
+    assert "WORKDIR /app" in DOCKERFILE.read_text()
+    for name in ("frtriton", "api"):
+        service = services[name]
+        env = env_map(service)
+        assert "API_KEY" in env and not env["API_KEY"], f"{name}: API_KEY is passed through, never written here"
+        assert "API_KEY_OPEN" not in env, f"{name}: the gallery must not be opened by the compose file"
+        key_dir = str(Path(env.get("GALLERY_DB") or f"{image_data_dir}/gallery.db").parent)
+        mounts = dict(v.split(":")[:2][::-1] for v in service["volumes"])
+        assert key_dir in mounts and mounts[key_dir] in compose["volumes"], f"{name}: the key would not persist"
+    api = services["api"]
+    assert api["deploy"]["replicas"] > 1 and "GALLERY_DB" not in env_map(api)  # one volume, every replica
+    assert env_map(api)["TRUST_FORWARDED_FOR"] == "true"  # only the proxy, which appends the client, reaches them
+    assert "$proxy_add_x_forwarded_for" in NGINX_CONF.read_text()
+
+
 def test_compose_proxy_upstream_is_the_api_service(services: dict) -> None:
     proxy = services["proxy"]
     [mount] = proxy["volumes"]
@@ -231,7 +253,7 @@ def test_compose_anti_spoofing_lines_enabled_install_the_mounted_folder_where_tr
         assert set(env_map(service)) <= SETTINGS_VARS
     assert enabled_services["triton"]["command"][1:3] == ["triton_service.py", "serve"]
     assert "ANTISPOOF_FROM" not in env_map(enabled_services["api"]), "the API finds the model in Triton"
-    assert "volumes" not in enabled_services["api"]
+    assert not any("antispoof" in v for v in enabled_services["api"].get("volumes", [])), "no weights on the API"
     # everything else is as before: the same services, the same all-in-one volume
     assert set(enabled_services) == set(yaml.safe_load(COMPOSE.read_text())["services"])
 
@@ -347,12 +369,18 @@ def test_k8s_hpas_scale_the_api_and_triton_deployments_on_cpu(manifests: list[di
 
 
 def api_env_sources(manifests: list[dict]) -> list[dict]:
-    """The ConfigMaps and Secrets the API container reads its environment from."""
+    """The ConfigMaps and Secrets the API container reads its environment from (envFrom, and
+    single keys through secretKeyRef: then only those keys, named as the variables they set)."""
     api = container(find(manifests, "Deployment", "api"), "api")
     sources = []
     for entry in api.get("envFrom", []):
         kind, ref = ("ConfigMap", entry["configMapRef"]) if "configMapRef" in entry else ("Secret", entry["secretRef"])
         sources.append(find(manifests, kind, ref["name"]))
+    for variable in api.get("env", []):
+        if ref := variable.get("valueFrom", {}).get("secretKeyRef"):
+            secret = find(manifests, "Secret", ref["name"])
+            value = secret.get("stringData", {})[ref["key"]]
+            sources.append({"kind": "Secret", "metadata": secret["metadata"], "stringData": {variable["name"]: value}})
     return sources
 
 
@@ -374,6 +402,22 @@ def test_k8s_configmap_and_secret_keys_are_valid_settings(
     settings = Settings(_env_file=None)  # every value parses as its field's type and range
     assert settings.api_key and settings.gallery_url and settings.triton_url
     assert {"API_KEY", "GALLERY_URL"} <= set(find(manifests, "Secret", "fr-triton-secrets")["stringData"])
+
+
+def test_k8s_api_key_comes_from_a_secret_by_secret_key_ref_for_every_replica(manifests: list[dict]) -> None:
+    api = container(find(manifests, "Deployment", "api"), "api")
+    [variable] = [v for v in api.get("env", []) if v["name"] == "API_KEY"]
+    ref = variable["valueFrom"]["secretKeyRef"]
+    assert ref.get("optional", False) is False, "a missing key must stop the pod, not leave API_KEY unset"
+    secret = find(manifests, "Secret", ref["name"])
+    assert secret["type"] == "Opaque" and secret["stringData"][ref["key"]]
+    # Not in a ConfigMap, and the gallery is not opened on purpose.
+    for source in api_env_sources(manifests):
+        if source["kind"] == "ConfigMap":
+            assert "API_KEY" not in source["data"]
+            assert source["data"].get("API_KEY_OPEN", "false") == "false"
+    # Every replica gets the same key: the Deployment's replicas and the HPA's share one pod template.
+    assert find(manifests, "Deployment", "api")["spec"]["replicas"] > 1
 
 
 def test_k8s_api_settings_name_the_triton_and_postgres_services(manifests: list[dict]) -> None:

@@ -34,7 +34,7 @@ def replicas(triton: TritonProcess, postgres_url: str, tmp_path: Path) -> Iterat
             folder = tmp_path / f"api{index}"
             folder.mkdir()
             servers.append(ApiProcess(env, folder / "api.log").start())
-            clients.append(httpx.Client(base_url=servers[-1].url, timeout=60))
+            clients.append(httpx.Client(base_url=servers[-1].url, timeout=60, headers=AUTH))
         yield clients
     finally:
         for client in clients:
@@ -63,6 +63,29 @@ def identify_subject(client: httpx.Client, photo: Path) -> tuple[dict, float]:
 def test_both_replicas_are_ready_on_the_shared_triton(replicas: list[httpx.Client]) -> None:
     for client in replicas:
         assert client.get("/ready").status_code == 200
+
+
+def test_replicas_sharing_a_key_volume_share_the_key_the_first_one_generated(
+    triton: TritonProcess, postgres_url: str, tmp_path: Path
+) -> None:
+    """Compose's scale-out without API_KEY: every replica mounts one volume for the key file."""
+    shared = tmp_path / "key-volume" / "api_key"
+    env = {"TRITON_URL": triton.url, "GALLERY_URL": postgres_url, "API_KEY_FILE": str(shared)}
+    servers = []
+    try:
+        for index in range(REPLICAS):
+            folder = tmp_path / f"api{index}"
+            folder.mkdir()
+            servers.append(ApiProcess(env, folder / "api.log").start())
+        key = shared.read_text().strip()
+        for server in servers:
+            assert server.key == key
+            with server.client(keyed=False) as client:
+                assert client.get("/identities").status_code == 401
+                assert client.get("/identities", headers={"X-API-Key": key}).json()["total"] == 0
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def test_person_enrolled_through_one_replica_is_identified_through_another(

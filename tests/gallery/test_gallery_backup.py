@@ -288,7 +288,7 @@ def test_restore_while_the_api_runs_brings_back_a_deleted_person(triton, tmp_pat
         return face["identity"]
 
     try:
-        with httpx.Client(base_url=server.url, timeout=60) as client:
+        with server.client() as client:
             made = client.post("/identities", data={"name": "Yao Ming"}, files=[("images", ("y.jpg", yao))])
             assert made.status_code == 201, made.text
             yao_id = made.json()["id"]

@@ -24,7 +24,6 @@ pytestmark = pytest.mark.integration
 VIEWPORT = {"width": 1280, "height": 900}
 ALIGNED_SIZE = 112
 ANSWER_TIMEOUT_MS = 60_000  # a first call may wait for Triton to warm up on two shared cores
-API_KEY = "demo-secret"
 # A rendered page of text and photos varies far more than this; a blank or failed page does not.
 MIN_PAGE_STD = 20.0
 MIN_FACE_STD = 15.0
@@ -129,10 +128,10 @@ def test_detect_panel_shows_the_drawn_photo_and_the_face_count(api: httpx.Client
 
 
 @pytest.fixture()
-def keyed_api(triton: TritonProcess, tmp_path: Path) -> Iterator[str]:
-    """A server of its own (an empty gallery that no other test shares) that wants an API key for changes."""
-    server = ApiProcess({"TRITON_URL": triton.url, "API_KEY": API_KEY}, tmp_path / "api.log").start()
-    yield server.url
+def keyed_api(triton: TritonProcess, tmp_path: Path) -> Iterator[ApiProcess]:
+    """A server of its own (an empty gallery that no other test shares) with the key it generated."""
+    server = ApiProcess({"TRITON_URL": triton.url, "GALLERY_DB": str(tmp_path / "g.db")}, tmp_path / "api.log")
+    yield server.start()
     server.stop()
 
 
@@ -147,16 +146,27 @@ def face_crop(url: str, folder: Path) -> Path:
     return path
 
 
-def test_identify_panel_names_a_person_enrolled_with_the_api_key(keyed_api: str, page, tmp_path: Path) -> None:
-    enroll_photo = face_crop(keyed_api, tmp_path)
-    page.goto(f"{keyed_api}/ui")
+def test_identify_panel_names_a_person_enrolled_with_the_api_key(
+    keyed_api: ApiProcess, page, tmp_path: Path
+) -> None:
+    enroll_photo = face_crop(keyed_api.url, tmp_path)
+    page.goto(f"{keyed_api.url}/ui")
+    page.set_input_files("#identify-photo", str(photo("t1.jpg")))
+    page.click("#identify")  # no key yet: the API's 401 says where the key is, the page shows it
+    page.wait_for_selector("#identify-error:not([hidden])")
+    shown = page.text_content("#identify-error")
+    assert f"missing X-API-Key header: the key is in {keyed_api.key_file.resolve()}" in shown
+    assert "enter the API key at the top of the page" in shown and page.is_hidden("#identify-result")
+    assert page.get_attribute("#api-key", "aria-invalid") == "true"
+
     page.click("#enroll-box summary")
     page.fill("#enroll-name", "Chandler")
     page.set_input_files("#enroll-photos", str(enroll_photo))
-
-    page.click("#enroll")  # no key yet: the API refuses and the page says why
+    page.click("#enroll")
     page.wait_for_function("document.getElementById('enroll-status').textContent.includes('API key')")
-    page.fill("#api-key", API_KEY)
+    page.fill("#api-key", keyed_api.key)  # what `cat data/api_key` shows on the server
+    page.dispatch_event("#api-key", "change")
+    assert page.get_attribute("#api-key", "aria-invalid") is None
     page.click("#enroll")
     page.wait_for_function("document.getElementById('enroll-status').textContent.includes('enrolled')")
 

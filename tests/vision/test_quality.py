@@ -249,7 +249,7 @@ def portrait_with_bystander() -> bytes:
 def enroll_api(triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     folder = tmp_path_factory.mktemp("quality")
     server = ApiProcess({"TRITON_URL": triton.url, "GALLERY_DB": str(folder / "g.db")}, folder / "api.log").start()
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with server.client() as client:
         yield client
     server.stop()
 
@@ -289,7 +289,10 @@ def test_a_bystander_is_allowed_unless_single_face_only(
     env = {"TRITON_URL": triton.url, "GALLERY_DB": str(tmp_path / "g.db"), "ENROLL_SINGLE_FACE_ONLY": "true"}
     strict_api = ApiProcess(env, tmp_path / "api.log").start()
     try:
-        strict = httpx.post(f"{strict_api.url}/identities", data={"name": "Yao"}, files=[("images", ("b.jpg", data))])
+        strict = httpx.post(
+            f"{strict_api.url}/identities", data={"name": "Yao"}, files=[("images", ("b.jpg", data))],
+            headers=strict_api.auth,
+        )
     finally:
         strict_api.stop()
     assert strict.status_code == 422 and "more than one face (2)" in strict.json()["detail"]
