@@ -162,8 +162,13 @@ class Container:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.ports['FASTAPI_PORT']}"
 
+    def key(self) -> str:
+        """The gallery's key, read the way the README says: `docker exec <container> cat /app/data/api_key`."""
+        return docker("exec", self.name, "cat", "/app/data/api_key").stdout.strip()
+
     def client(self, timeout: float = 60) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+        """A client sending the container's generated API key (the open routes ignore it)."""
+        return httpx.Client(base_url=self.url, timeout=timeout, headers={"X-API-Key": self.key()})
 
     def inspect(self, template: str) -> str:
         return docker("inspect", "-f", template, self.id).stdout.strip()
@@ -340,12 +345,14 @@ def test_gallery_volume_survives_a_new_container(
 ) -> None:
     name, response = enrolled
     assert response.status_code == 201, response.text
+    key = service.key()
     if service.running():
         service.stop()
     service.remove()
     with run_container(image, extra_args=data_mount) as fresh:
         fresh.wait_ready()
         with fresh.client() as client:
+            assert client.headers["X-API-Key"] == key, "the key lives on the gallery volume too"
             listed = client.get("/identities").json()
     assert name in [identity["name"] for identity in listed["identities"]], listed
 
