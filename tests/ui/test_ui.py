@@ -192,7 +192,9 @@ def sample(name: str) -> str:
 @pytest.fixture(scope="module")
 def live_ui(live_triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API against a Triton that serves the anti-spoofing model too."""
-    server = ApiProcess({"TRITON_URL": live_triton.url}, tmp_path_factory.mktemp("live-ui") / "api.log").start()
+    # API_KEY_OPEN: the demo mode; these tests are about the badges (the key has its own tests above).
+    env = {"TRITON_URL": live_triton.url, "API_KEY_OPEN": "true"}
+    server = ApiProcess(env, tmp_path_factory.mktemp("live-ui") / "api.log").start()
     yield server.url
     server.stop()
 
@@ -200,7 +202,8 @@ def live_ui(live_triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def core_ui(core_triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API against a Triton without the anti-spoofing model."""
-    server = ApiProcess({"TRITON_URL": core_triton.url}, tmp_path_factory.mktemp("core-ui") / "api.log").start()
+    env = {"TRITON_URL": core_triton.url, "API_KEY_OPEN": "true"}
+    server = ApiProcess(env, tmp_path_factory.mktemp("core-ui") / "api.log").start()
     yield server.url
     server.stop()
 
