@@ -157,6 +157,7 @@ class Container:
         self.name = name
         self.ports = ports
         self.ready_after_s: float | None = None
+        self._key: str | None = None  # read once while running: later tests may have stopped it
 
     @property
     def url(self) -> str:
@@ -164,7 +165,9 @@ class Container:
 
     def key(self) -> str:
         """The gallery's key, read the way the README says: `docker exec <container> cat /app/data/api_key`."""
-        return docker("exec", self.name, "cat", "/app/data/api_key").stdout.strip()
+        if self._key is None:
+            self._key = docker("exec", self.name, "cat", "/app/data/api_key").stdout.strip()
+        return self._key
 
     def client(self, timeout: float = 60) -> httpx.Client:
         """A client sending the container's generated API key (the open routes ignore it)."""

@@ -12,9 +12,10 @@ import json
 from collections.abc import Callable, Coroutine
 
 import pytest
-from middleware import RETRY_AFTER_MAX_S, AdmissionQueue, RequestId
 from prometheus_client import REGISTRY
 from starlette.types import Message, Receive, Scope, Send
+
+from api.middleware import RETRY_AFTER_MAX_S, AdmissionQueue, RequestId
 
 BODY = b"--boundary\r\n...an upload...\r\n"
 
