@@ -360,6 +360,21 @@ def checkpoints() -> Path:
     return ANTISPOOF_DIR
 
 
+def trained_looking(network: str, seed: int = 0):
+    """A MiniFASNet with random weights and random BatchNorm statistics (so BN folding is exercised), eval mode."""
+    import torch
+
+    from model_tools import minifasnet
+
+    torch.manual_seed(seed)
+    model = minifasnet.build_network(network)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
 def core_repository(target: Path) -> Path:
     """A copy of the project's repository with the detector and recognizer only."""
     source = model_repository()

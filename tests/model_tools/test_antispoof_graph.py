@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is a dev dependency (requirements-dev.txt)")
 onnx = pytest.importorskip("onnx")
 
-from conftest import ROOT  # noqa: E402, F401  (puts the project on sys.path)
+from conftest import ROOT, trained_looking  # noqa: E402, F401  (puts the project on sys.path)
 from model_tools import antispoof_graph as graph  # noqa: E402
 from model_tools import minifasnet as mf  # noqa: E402
 from model_tools.antispoof_export import export_onnx  # noqa: E402
@@ -27,13 +27,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[torch.nn.Mo
     folder = tmp_path_factory.mktemp("raw")
     networks, raws = [], []
     for seed, (network, scale) in enumerate(NETWORKS):
-        torch.manual_seed(seed)
-        model = mf.build_network(network)
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-        model.eval()
+        model = trained_looking(network, seed)
         path = Path(folder) / f"{network}.onnx"
         export_onnx(model, mf.CheckpointName(scale, 80, 80, network), path)
         networks.append(model)

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is a dev dependency (requirements-dev.txt)")
 
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, trained_looking  # noqa: E402
 from model_tools import minifasnet as mf  # noqa: E402
 
 ANTISPOOF_DIR = ROOT.parent / "shared" / "models" / "antispoof"
@@ -32,17 +32,6 @@ def real_checkpoint(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"anti-spoofing checkpoint {name} not found in {ANTISPOOF_DIR}")
     return path
-
-
-def trained_looking(network: str, seed: int = 0) -> torch.nn.Module:
-    """Random weights and random BatchNorm statistics (so BN folding is exercised), eval mode."""
-    torch.manual_seed(seed)
-    model = mf.build_network(network)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 @pytest.mark.parametrize(
