@@ -130,10 +130,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+HANDED_OUT: set[int] = set()  # ports this process gave a service: never given twice
+PORT_CLASH_MARKERS = ("address already in use", "same address and port", "failed to bind", "errno 98")
+START_ATTEMPTS = 3
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports, none handed out before by this process.
+
+    All are held bound until every one is chosen, so the kernel cannot give one twice (picking
+    them one at a time once gave Triton the same port for HTTP and gRPC).
+    """
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            sock = socket.socket()
+            sock.bind(("0.0.0.0", 0))  # all interfaces: Triton listens on 0.0.0.0
+            if sock.getsockname()[1] in HANDED_OUT:
+                sock.close()
+                continue
+            held.append(sock)
+        ports = [sock.getsockname()[1] for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+    HANDED_OUT.update(ports)
+    return ports
 
 
 class Service:
@@ -143,19 +165,36 @@ class Service:
     """
 
     def __init__(self, repo: Path, log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 300) -> None:
-        ports = {name: str(free_port()) for name in ("FASTAPI_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT",
-                                                     "TRITON_METRICS_PORT")}
-        self.url = f"http://127.0.0.1:{ports['FASTAPI_PORT']}"
-        self.triton_url = f"http://127.0.0.1:{ports['TRITON_HTTP_PORT']}"
-        self.env = {**os.environ, **ports, "TRITON_REPO": str(Path(repo).resolve()), "FASTAPI_HOST": "127.0.0.1",
+        self.env = {**os.environ, "TRITON_REPO": str(Path(repo).resolve()), "FASTAPI_HOST": "127.0.0.1",
                     "PYTHON": sys.executable, "TRITON_READY_TIMEOUT_S": str(int(timeout_s)), **(env or {})}
         self.env.pop("TRITON_URL", None)
         self.env.pop("ANTISPOOF_FROM", None)
+        self._move_ports()
         self.log_path = log_path
         self.timeout_s = timeout_s
         self.process: subprocess.Popen | None = None
 
+    def _move_ports(self) -> None:
+        names = ("FASTAPI_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")
+        ports = dict(zip(names, map(str, free_ports(len(names))), strict=True))
+        self.env.update(ports)
+        self.url = f"http://127.0.0.1:{ports['FASTAPI_PORT']}"
+        self.triton_url = f"http://127.0.0.1:{ports['TRITON_HTTP_PORT']}"
+
     def __enter__(self) -> Service:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            start_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                return self._start()
+            except RuntimeError:
+                # Another program may take a port between choosing it and binding it: move and retry.
+                tail = self.log_path.read_bytes()[start_offset:].decode(errors="replace").lower()
+                if attempt == START_ATTEMPTS or not any(marker in tail for marker in PORT_CLASH_MARKERS):
+                    raise
+                self._move_ports()
+        raise AssertionError("unreachable")
+
+    def _start(self) -> Service:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([str(ROOT / "Docker" / "start.sh")], cwd=ROOT, env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT)
