@@ -42,11 +42,16 @@ class FakeApp:
 class Call:
     """One request through the middleware: what it received, what it was sent."""
 
-    def __init__(self, app: Callable[..., Coroutine], name: str, path: str = "/embedding") -> None:
+    def __init__(
+        self, app: Callable[..., Coroutine], name: str, path: str = "/embedding",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.name = name
         self.reads = 0  # receive() calls: a waiting request must not read its body
         self.sent: list[Message] = []
-        scope = {"type": "http", "method": "POST", "path": path, "headers": [], "test_name": name}
+        if headers is None:
+            headers = [(b"content-length", str(len(BODY)).encode())]
+        scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "test_name": name}
         self.task = asyncio.create_task(app(scope, self.receive, self.send))
 
     async def receive(self) -> Message:
@@ -115,7 +120,7 @@ def test_waiting_requests_are_admitted_in_arrival_order_and_read_nothing_before(
     asyncio.run(scenario())
 
 
-def test_a_full_queue_refuses_at_once_with_retry_after_and_drains_the_body() -> None:
+def test_a_full_queue_refuses_at_once_with_retry_after_before_reading_a_declared_body() -> None:
     async def scenario() -> None:
         fake = FakeApp()
         guard = RequestId(queue(fake, limit=1, queue_length=2))
@@ -127,14 +132,44 @@ def test_a_full_queue_refuses_at_once_with_retry_after_and_drains_the_body() -> 
         assert refused.status == 503 and "busy" in refused.detail
         assert int(refused.headers["retry-after"]) >= 1
         assert refused.headers["x-request-id"]  # RequestId still marks the answer
-        assert refused.reads == 1  # the body was read and dropped, so the client sees the 503
-        assert "connection" not in refused.headers  # drained: the connection can be kept
+        # Answered before its body is read: the server discards what is left of it and keeps the
+        # connection (tests/api/test_reliability.py checks that on a real server).
+        assert refused.reads == 0
+        assert "connection" not in refused.headers
         assert fake.entered == ["A"]
         assert metric("frtriton_admission_shed_total", reason="queue_full") - shed_before == 1
         for name in "ABC":
             fake.gate(name).set()
         await asyncio.gather(*(c.task for c in holders))
         assert [c.status for c in holders] == [200, 200, 200]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("headers", "reads", "closes"),
+    [
+        ([(b"transfer-encoding", b"chunked")], 1, False),  # length unknown: read and dropped
+        ([(b"content-length", b"not-a-number")], 1, False),  # malformed: treated as unknown
+        ([(b"content-length", str(2 << 20).encode())], 0, True),  # above the body limit: closed
+        ([], 0, False),  # no body at all
+    ],
+    ids=["chunked", "malformed-length", "declared-too-large", "no-body"],
+)
+def test_a_refused_body_of_unknown_or_excessive_length_is_drained_or_its_connection_closed(
+    headers: list[tuple[bytes, bytes]], reads: int, closes: bool
+) -> None:
+    async def scenario() -> None:
+        fake = FakeApp()
+        guard = queue(fake, limit=1, queue_length=0)
+        holder = Call(guard, "A")
+        await settle()
+        refused = Call(guard, "B", headers=headers)
+        await asyncio.wait_for(refused.task, 5)
+        assert refused.status == 503 and refused.reads == reads
+        assert (refused.headers.get("connection") == "close") is closes
+        fake.gate("A").set()
+        await holder.task
 
     asyncio.run(scenario())
 
@@ -150,7 +185,7 @@ def test_a_request_not_admitted_within_the_timeout_gets_503_and_leaves_the_queue
         await asyncio.wait_for(waiter.task, 5)
         assert waiter.status == 503 and "not admitted within 0.05 s" in waiter.detail
         assert int(waiter.headers["retry-after"]) >= 1
-        assert waiter.reads == 1  # drained only once refused
+        assert waiter.reads == 0  # not read while waiting, nor to refuse it
         assert fake.entered == ["A"] and not guard.waiting
         assert metric("frtriton_admission_shed_total", reason="timeout") - shed_before == 1
         fake.gate("A").set()

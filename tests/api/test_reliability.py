@@ -7,6 +7,7 @@ through TRITON_URL, the way `make api` runs against an external Triton.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import os
 import re
@@ -158,6 +159,13 @@ UPLOAD_HEAD = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; f
 UPLOAD_TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
+def upload_head(megabytes: int) -> bytes:
+    """The request line and headers of a POST /detect whose multipart body holds `megabytes` MiB."""
+    length = len(UPLOAD_HEAD) + megabytes * MIB + len(UPLOAD_TAIL)
+    return (f"POST /detect HTTP/1.1\r\nHost: api\r\nContent-Length: {length}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n").encode()
+
+
 class Upload:
     """A raw POST /detect of a `megabytes` body, sent from a thread as fast as the server reads it."""
 
@@ -165,9 +173,7 @@ class Upload:
         self.megabytes = megabytes
         self.sent = 0  # body bytes the kernel took so far
         self.sock = socket.create_connection(("127.0.0.1", port))
-        length = len(UPLOAD_HEAD) + megabytes * MIB + len(UPLOAD_TAIL)
-        self.head = (f"POST /detect HTTP/1.1\r\nHost: api\r\nContent-Length: {length}\r\n"
-                     f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n").encode()
+        self.head = upload_head(megabytes)
 
     def run(self) -> bytes:
         """Send everything, then return the answer's status line."""
@@ -220,6 +226,52 @@ def test_requests_waiting_in_the_queue_leave_their_uploads_unread(tmp_path: Path
                 assert stuck.result().status_code == 503
                 # each was admitted in turn, its upload read in full and refused for what it is
                 assert [a.result() for a in answers] == [b"HTTP/1.1 413 Request Entity Too Large"] * waiting
+        finally:
+            api.stop()
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response from `sock`: its status line and its body (by Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection; got {data[:200]!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection mid-body"
+        body += chunk
+    return head.split(b"\r\n", 1)[0], body[:length]
+
+
+def test_a_refused_upload_is_answered_503_and_its_connection_stays_usable(tmp_path: Path) -> None:
+    """The queue answers a refused upload before reading it; the server must still read on (and
+    drop) the rest, so the sender gets the 503, not a broken pipe, and can reuse the connection."""
+    megabytes = 8
+    with socket.socket() as silent:  # accepts connections, never answers: the one slot stays taken
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        env = {"TRITON_URL": f"127.0.0.1:{silent.getsockname()[1]}", "TRITON_TIMEOUT_S": "300",
+               "MAX_IN_FLIGHT": "1", "QUEUE_LENGTH": "0"}
+        api = ApiProcess(env, tmp_path / "api.log").start()
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool, \
+                    httpx.Client(base_url=api.url, timeout=300) as client:
+                stuck = pool.submit(embed, client)
+                while admission(api.url)["frtriton_admission_active"] < 1:
+                    assert not stuck.done(), stuck.result().text
+                with socket.create_connection(("127.0.0.1", api.port), timeout=60) as conn:
+                    conn.sendall(upload_head(megabytes) + UPLOAD_HEAD + bytes(megabytes * MIB) + UPLOAD_TAIL)
+                    status, body = read_response(conn)
+                    assert status == b"HTTP/1.1 503 Service Unavailable"
+                    assert "busy" in json.loads(body)["detail"]
+                    conn.sendall(b"GET /health HTTP/1.1\r\nHost: api\r\n\r\n")  # the same connection
+                    status, body = read_response(conn)
+                    assert status == b"HTTP/1.1 200 OK" and json.loads(body)["status"] == "ok"
+                silent.close()  # the stuck request fails (503), and the service moves on
+                assert stuck.result().status_code == 503
         finally:
             api.stop()
 
