@@ -122,3 +122,15 @@ def test_only_triton_service_imports_tritonclient() -> None:
         name for name, path in modules.items() if any(m.startswith("tritonclient") for m in imports_of(path))
     )
     assert importers == ["triton_service"]
+
+
+def test_the_python_client_imports_nothing_of_the_project_but_itself() -> None:
+    """frtriton_client/ is meant to be copied into other code bases as a folder."""
+    modules = project_modules()
+    own = {name: path for name, path in modules.items() if in_layer(name, ("frtriton_client",))}
+    assert len(own) > 1
+    outside = {
+        name: sorted(m for m in imports_of(path) if m in modules and not in_layer(m, ("frtriton_client",)))
+        for name, path in own.items()
+    }
+    assert not {name: found for name, found in outside.items() if found}

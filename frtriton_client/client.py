@@ -1,0 +1,224 @@
+"""The synchronous FR Triton client: uploads, the API key, one method per route."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self, cast
+
+import httpx
+
+from frtriton_client.errors import ConnectionFailed, Timeout, error_for
+from frtriton_client.results import Comparison, Embedding, Enrollment, Face, Identification, Identity, IdentityPage
+
+API_KEY_HEADER = "X-API-Key"
+API_KEY_ENV = "FRTRITON_API_KEY"
+DEFAULT_TIMEOUT_S = 30.0
+# Default page size of GET /identities; the service allows 1..1000.
+DEFAULT_PAGE_SIZE = 100
+DEFAULT_TOP_K = 5
+GENERIC_CONTENT_TYPE = "application/octet-stream"
+
+ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+"""A path, the encoded image bytes (JPEG, PNG, WebP, BMP, TIFF, GIF), or a binary file object."""
+
+
+FileField = tuple[str, tuple[str, bytes, str]]
+
+
+def _is_single_image(images: ImageInput | Iterable[ImageInput]) -> bool:
+    # str and bytes are iterable too: they are one image (a path, the encoded file), not many.
+    return isinstance(images, str | bytes | bytearray | memoryview | os.PathLike) or hasattr(images, "read")
+
+
+def _image_part(image: ImageInput, default_name: str) -> tuple[str, bytes, str]:
+    """(filename, content, content type) of one image for a multipart upload."""
+    if isinstance(image, str | os.PathLike):
+        path = Path(image)
+        name, data = path.name, path.read_bytes()
+    elif isinstance(image, bytes | bytearray | memoryview):
+        name, data = default_name, bytes(image)
+    elif hasattr(image, "read"):
+        data = image.read()
+        if not isinstance(data, bytes):
+            raise TypeError("the file object must be opened in binary mode ('rb')")
+        # The service only uses the name in its messages; a file object may have none (BytesIO).
+        raw_name = getattr(image, "name", None)
+        name = Path(raw_name).name if isinstance(raw_name, str) and raw_name else default_name
+    else:
+        raise TypeError(f"an image must be a path, bytes or a binary file object, not {type(image).__name__}")
+    content_type = mimetypes.guess_type(name)[0] or GENERIC_CONTENT_TYPE
+    return name, data, content_type
+
+
+def _key_hint(sent_key: bool) -> str:
+    if sent_key:
+        return "this client sent a key the service does not accept: check api_key, api_key_file or " + API_KEY_ENV
+    return f"this client sent no key: pass api_key= or api_key_file=, or set {API_KEY_ENV}"
+
+
+def _resolve_key(api_key: str | None, api_key_file: str | os.PathLike[str] | None) -> str | None:
+    """The key to send: the argument, the file's contents, or FRTRITON_API_KEY (stripped; blank = none)."""
+    if api_key is not None and api_key_file is not None:
+        raise ValueError("give api_key or api_key_file, not both")
+    if api_key is not None:
+        return api_key.strip() or None
+    if api_key_file is not None:
+        try:
+            key = Path(api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ValueError(f"cannot read the API key file {api_key_file}: {error}") from error
+        if not key:
+            raise ValueError(f"the API key file {api_key_file} is empty")
+        return key
+    return os.environ.get(API_KEY_ENV, "").strip() or None
+
+
+class FRTritonClient:
+    """Synchronous client of one FR Triton service; use it as a context manager or call `close()`.
+
+    The API key is sent as the `X-API-Key` header on every request (the service needs it for
+    every gallery route): `api_key`, else the contents of `api_key_file` (e.g. a copy of the
+    service's `data/api_key`), else the `FRTRITON_API_KEY` environment variable, else none.
+    `timeout` is in seconds per request.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        api_key_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        key = _resolve_key(api_key, api_key_file)
+        headers = {API_KEY_HEADER: key} if key else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    # ----------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- service
+    def health(self) -> bool:
+        """True when the API process answers; False when it cannot be reached or is failing."""
+        try:
+            return self._http.get("/health").status_code == httpx.codes.OK
+        except httpx.TransportError:
+            return False
+
+    def ready(self) -> bool:
+        """True when Triton and both models are ready to serve; False otherwise (or unreachable)."""
+        try:
+            return self._http.get("/ready").status_code == httpx.codes.OK
+        except httpx.TransportError:
+            return False
+
+    # ----------------------------------------------------------------- faces
+    def detect(self, image: ImageInput) -> list[Face]:
+        """Every face of the photo, best score first."""
+        body = self._request("POST", "/detect", files=[("image", _image_part(image, "image"))])
+        return [Face.from_json(f) for f in body["faces"]]
+
+    def embed(self, image: ImageInput) -> Embedding:
+        """The 512-float unit embedding of the photo's main face; NoFaceDetected if it has none."""
+        body = self._request("POST", "/embedding", files=[("image", _image_part(image, "image"))])
+        return Embedding.from_json(body)
+
+    def compare(self, image_a: ImageInput, image_b: ImageInput) -> Comparison:
+        """Whether the main faces of two photos are the same person."""
+        files = [("image_a", _image_part(image_a, "image_a")), ("image_b", _image_part(image_b, "image_b"))]
+        return Comparison.from_json(self._request("POST", "/face-similarity", files=files))
+
+    # ----------------------------------------------------------------- gallery
+    def identify(
+        self, image: ImageInput, top_k: int = DEFAULT_TOP_K, threshold: float | None = None
+    ) -> list[Identification]:
+        """Name every face of the photo from the gallery, or call it unknown (`identity` None).
+
+        `threshold` overrides the service's `IDENTIFY_THRESHOLD` for this request.
+        """
+        data = {"top_k": str(top_k)}
+        if threshold is not None:
+            data["threshold"] = str(threshold)
+        body = self._request("POST", "/identify", data=data, files=[("image", _image_part(image, "image"))])
+        return [Identification.from_json(f) for f in body["faces"]]
+
+    def enroll(
+        self,
+        name: str,
+        images: ImageInput | Iterable[ImageInput],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Enrollment:
+        """Add a person from one or more photos, each showing them as the clear subject.
+
+        Unusable photos are listed in `rejected`; if none is usable NoFaceDetected is raised
+        and nothing is stored.
+        """
+        data = {"name": name}
+        if metadata is not None:
+            data["metadata"] = json.dumps(dict(metadata))
+        return Enrollment.from_json(self._request("POST", "/identities", data=data, files=self._images(images)))
+
+    def add_faces(self, identity_id: str, images: ImageInput | Iterable[ImageInput]) -> Enrollment:
+        """Add photos to an enrolled person; NotFound for an unknown id."""
+        body = self._request("POST", f"/identities/{identity_id}/faces", files=self._images(images))
+        return Enrollment.from_json(body)
+
+    def list_identities(self, limit: int = DEFAULT_PAGE_SIZE, offset: int = 0) -> IdentityPage:
+        """One page of the gallery, `limit` people from `offset` (oldest first)."""
+        body = self._request("GET", "/identities", params={"limit": limit, "offset": offset})
+        return IdentityPage.from_json(body)
+
+    def get_identity(self, identity_id: str) -> Identity:
+        """One person; NotFound for an unknown id."""
+        return Identity.from_json(self._request("GET", f"/identities/{identity_id}"))
+
+    def update_identity(
+        self, identity_id: str, name: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> Identity:
+        """Rename a person and/or replace their metadata; fields left None are unchanged."""
+        patch: dict[str, Any] = {}
+        if name is not None:
+            patch["name"] = name
+        if metadata is not None:
+            patch["metadata"] = dict(metadata)
+        return Identity.from_json(self._request("PATCH", f"/identities/{identity_id}", json=patch))
+
+    def merge(self, identity_id: str, source_id: str) -> Identity:
+        """Move the faces of `source_id` into `identity_id` and delete `source_id`."""
+        body = self._request("POST", f"/identities/{identity_id}/merge", data={"source_id": source_id})
+        return Identity.from_json(body)
+
+    def delete(self, identity_id: str) -> None:
+        """Remove a person and all their faces; NotFound for an unknown (or already deleted) id."""
+        self._request("DELETE", f"/identities/{identity_id}")
+
+    # ----------------------------------------------------------------- plumbing
+    @staticmethod
+    def _images(images: ImageInput | Iterable[ImageInput]) -> list[FileField]:
+        chosen = [cast(ImageInput, images)] if _is_single_image(images) else list(cast(Iterable[ImageInput], images))
+        return [("images", _image_part(image, f"image{index}")) for index, image in enumerate(chosen)]
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """Send one request; the decoded JSON answer, or the matching FRTritonError raised."""
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.TimeoutException as error:
+            raise Timeout(None, f"no answer from {self._http.base_url} within the timeout ({error})") from error
+        except httpx.TransportError as error:
+            raise ConnectionFailed(None, f"cannot reach {self._http.base_url}: {error}") from error
+        if response.is_error:
+            raise error_for(response, _key_hint(API_KEY_HEADER in self._http.headers))
+        return response.json()

@@ -1,0 +1,168 @@
+"""The answers of the FR Triton client: frozen dataclasses named as the API's JSON keys."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face, in pixels of the image as displayed (EXIF orientation applied)."""
+
+    bbox: tuple[float, float, float, float]
+    """x1, y1, x2, y2."""
+    score: float
+    """Detector confidence in [0, 1]."""
+    landmarks: tuple[tuple[float, float], ...]
+    """Left eye, right eye, nose tip, left and right mouth corners as (x, y)."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Face:
+        x1, y1, x2, y2 = (float(v) for v in data["bbox"])
+        return cls(
+            bbox=(x1, y1, x2, y2),
+            score=float(data["score"]),
+            landmarks=tuple((float(x), float(y)) for x, y in data["landmarks"]),
+        )
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """The L2-normalised embedding of a photo's main face (the largest face nearest the centre)."""
+
+    embedding: tuple[float, ...]
+    face: Face
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Embedding:
+        return cls(embedding=tuple(float(v) for v in data["embedding"]), face=Face.from_json(data["face"]))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The main faces of two photos compared: `same_person` is `similarity >= threshold`."""
+
+    similarity: float
+    """Raw cosine similarity in [-1, 1]."""
+    same_person: bool
+    threshold: float
+    face_a: Face
+    face_b: Face
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Comparison:
+        return cls(
+            similarity=float(data["similarity"]),
+            same_person=bool(data["same_person"]),
+            threshold=float(data["threshold"]),
+            face_a=Face.from_json(data["face_a"]),
+            face_b=Face.from_json(data["face_b"]),
+        )
+
+
+@dataclass(frozen=True)
+class Match:
+    """A gallery person and their best cosine similarity to a face."""
+
+    id: str
+    name: str
+    similarity: float
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Match:
+        return cls(id=str(data["id"]), name=str(data["name"]), similarity=float(data["similarity"]))
+
+
+@dataclass(frozen=True)
+class Identification:
+    """One face of an identified photo: who it is (None = unknown) and the nearest people."""
+
+    bbox: tuple[float, float, float, float]
+    score: float
+    identity: Match | None
+    """The best match when it reaches the threshold, else None (unknown)."""
+    matches: tuple[Match, ...]
+    """Up to `top_k` nearest people, best first, whatever the threshold."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Identification:
+        x1, y1, x2, y2 = (float(v) for v in data["bbox"])
+        identity = data.get("identity")
+        return cls(
+            bbox=(x1, y1, x2, y2),
+            score=float(data["score"]),
+            identity=Match.from_json(identity) if identity is not None else None,
+            matches=tuple(Match.from_json(m) for m in data["matches"]),
+        )
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An image of an enrollment that was not used, and why."""
+
+    index: int
+    """Position of the image in the request."""
+    reason: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Rejected:
+        return cls(index=int(data["index"]), reason=str(data["reason"]))
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """The result of enrolling a person or adding photos to one."""
+
+    id: str
+    name: str
+    num_faces: int
+    """Face samples stored for the person in total."""
+    rejected: tuple[Rejected, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Enrollment:
+        return cls(
+            id=str(data["id"]),
+            name=str(data["name"]),
+            num_faces=int(data["num_faces"]),
+            rejected=tuple(Rejected.from_json(r) for r in data["rejected"]),
+        )
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A person of the gallery."""
+
+    id: str
+    name: str
+    num_faces: int
+    metadata: dict[str, Any] = field(hash=False)
+    created_at: str
+    """ISO 8601 timestamp with offset."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Identity:
+        return cls(
+            id=str(data["id"]),
+            name=str(data["name"]),
+            num_faces=int(data["num_faces"]),
+            metadata=dict(data.get("metadata") or {}),
+            created_at=str(data["created_at"]),
+        )
+
+
+@dataclass(frozen=True)
+class IdentityPage:
+    """One page of the gallery: `total` people in all, `identities` from the requested offset."""
+
+    total: int
+    identities: tuple[Identity, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> IdentityPage:
+        return cls(total=int(data["total"]), identities=tuple(Identity.from_json(i) for i in data["identities"]))
+
+
+# --------------------------------------------------------------------------- helpers
