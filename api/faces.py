@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Response, UploadFile
@@ -11,6 +10,7 @@ from fastapi import APIRouter, File, Query, Response, UploadFile
 from api.dependencies import FacesDep, LivenessDep, SettingsDep, read_image
 from api.schemas import (
     ERROR_RESPONSES,
+    INCLUDE_ANNOTATED_DESCRIPTION,
     LIVENESS_ERROR_RESPONSES,
     OPENAPI_JPEG_RESPONSE,
     DetectedFace,
@@ -21,7 +21,15 @@ from api.schemas import (
     faces_json,
     liveness_json,
 )
-from imaging.draw import JPEG_MEDIA_TYPE, KNOWN_COLOUR, UNKNOWN_COLOUR, annotated_jpeg, encode_png
+from imaging.draw import (
+    JPEG_MEDIA_TYPE,
+    KNOWN_COLOUR,
+    PNG_MEDIA_TYPE,
+    UNKNOWN_COLOUR,
+    annotated_jpeg,
+    data_url,
+    encode_png,
+)
 
 router = APIRouter(tags=["faces"])
 LivenessQuery = Annotated[
@@ -30,7 +38,7 @@ LivenessQuery = Annotated[
 
 
 def png_data_url(crop) -> str:
-    return "data:image/png;base64," + base64.b64encode(encode_png(crop)).decode("ascii")
+    return data_url(encode_png(crop), PNG_MEDIA_TYPE)
 
 
 @router.post(
@@ -46,16 +54,19 @@ async def detect(
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP…")],
     annotate: Annotated[bool, Query(description="answer with the photo as a JPEG, faces drawn")] = False,
     liveness: LivenessQuery = False,
+    include_annotated: Annotated[bool, Query(description=INCLUDE_ANNOTATED_DESCRIPTION)] = False,
 ):
     pixels = await read_image(image, settings)
     found = await faces.detect(pixels, liveness=liveness)
-    if annotate:
+    jpeg = None
+    if annotate or include_annotated:
         labels = colours = None
         if found.liveness is not None:
             labels = [f"{'live' if v.is_real else 'spoof'} {v.real_score:.2f}" for v in found.liveness]
             colours = [KNOWN_COLOUR if v.is_real else UNKNOWN_COLOUR for v in found.liveness]
         jpeg = await asyncio.to_thread(annotated_jpeg, pixels, found.faces, labels, colours)
-        return Response(jpeg, media_type=JPEG_MEDIA_TYPE)
+        if annotate:
+            return Response(jpeg, media_type=JPEG_MEDIA_TYPE)
     shaped = faces_json(found.faces, DetectedFace)
     for face, verdict in zip(shaped, found.liveness or [], strict=False):
         face.liveness = liveness_json(verdict)
@@ -65,6 +76,7 @@ async def detect(
         faces=shaped,
         capped=True if found.capped else None,
         max_faces=settings.max_faces if found.capped else None,
+        annotated=data_url(jpeg, JPEG_MEDIA_TYPE) if jpeg is not None else None,
     )
 
 

@@ -23,9 +23,17 @@ from api.dependencies import (
     SettingsDep,
     read_image,
 )
-from api.schemas import OPENAPI_JPEG_RESPONSE, Error, Liveness, Unprocessable, liveness_json
+from api.schemas import (
+    ANNOTATED_FIELD_DESCRIPTION,
+    INCLUDE_ANNOTATED_DESCRIPTION,
+    OPENAPI_JPEG_RESPONSE,
+    Error,
+    Liveness,
+    Unprocessable,
+    liveness_json,
+)
 from gallery.store import Identity, Match
-from imaging.draw import JPEG_MEDIA_TYPE, KNOWN_COLOUR, UNKNOWN_COLOUR, annotated_jpeg
+from imaging.draw import JPEG_MEDIA_TYPE, KNOWN_COLOUR, UNKNOWN_COLOUR, annotated_jpeg, data_url
 from usecases.enrollment import Enrolled
 
 # --------------------------------------------------------------------------- schemas
@@ -99,6 +107,7 @@ class IdentifyResponse(BaseModel):
     height: int
     threshold: float
     faces: list[IdentifiedFace]
+    annotated: str | None = Field(default=None, description=ANNOTATED_FIELD_DESCRIPTION)
 
 
 class Deleted(BaseModel):
@@ -225,6 +234,7 @@ async def identify(
     liveness: Annotated[
         bool, Query(description="also check every face with the anti-spoofing model (503 when it is not installed)")
     ] = False,
+    include_annotated: Annotated[bool, Query(description=INCLUDE_ANNOTATED_DESCRIPTION)] = False,
 ):
     pixels = await read_image(image, settings)
     result = await identification.identify(pixels, top_k, threshold, liveness)
@@ -239,9 +249,12 @@ async def identify(
         if liveness:
             shaped.liveness = liveness_json(face.liveness)
         faces.append(shaped)
-    if annotate:
+    answer = IdentifyResponse(width=pixels.shape[1], height=pixels.shape[0], threshold=result.threshold, faces=faces)
+    if annotate or include_annotated:
         labels = [f"{f.identity.name} {f.identity.similarity:.2f}" if f.identity else "unknown" for f in faces]
         colours = [KNOWN_COLOUR if f.identity else UNKNOWN_COLOUR for f in faces]
         jpeg = await asyncio.to_thread(annotated_jpeg, pixels, result.faces, labels, colours)
-        return Response(jpeg, media_type=JPEG_MEDIA_TYPE)
-    return IdentifyResponse(width=pixels.shape[1], height=pixels.shape[0], threshold=result.threshold, faces=faces)
+        if annotate:
+            return Response(jpeg, media_type=JPEG_MEDIA_TYPE)
+        answer.annotated = data_url(jpeg, JPEG_MEDIA_TYPE)  # set, so exclude_unset keeps it
+    return answer

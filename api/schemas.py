@@ -35,6 +35,12 @@ LIVENESS_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": Error, "description": "Triton unavailable or timed out (see Retry-After), or the "
           "anti-spoofing model asked for but not installed (the detail says how to install it)"},
 }
+# `?include_annotated=true` on /detect and /identify: the JSON answer and the drawn photo in one call.
+INCLUDE_ANNOTATED_DESCRIPTION = (
+    "also give the photo with the results drawn on it (the JPEG of annotate=true) in the JSON answer, as "
+    "`annotated`: a data:image/jpeg;base64 URL; one call for the data and the drawing"
+)
+ANNOTATED_FIELD_DESCRIPTION = "only with include_annotated=true: the annotated JPEG as a data:image/jpeg;base64 URL"
 # For a route's `responses=`: the 200 answer is also a JPEG (with ?annotate=true).
 OPENAPI_JPEG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -89,6 +95,7 @@ class DetectResponse(BaseModel):
         "best-scoring faces and the photo may hold more",
     )
     max_faces: int | None = Field(default=None, description="the per-image limit (MAX_FACES), only with capped")
+    annotated: str | None = Field(default=None, description=ANNOTATED_FIELD_DESCRIPTION)
 
 
 class EmbeddingResponse(BaseModel):

@@ -9,6 +9,7 @@ are dropped ("José" -> "Jose") and any other character becomes "?".
 
 from __future__ import annotations
 
+import base64
 import unicodedata
 from collections.abc import Sequence
 from typing import Literal, Protocol
@@ -20,6 +21,7 @@ ChannelOrder = Literal["RGB", "BGR"]
 Colour = tuple[int, int, int]
 
 JPEG_MEDIA_TYPE = "image/jpeg"
+PNG_MEDIA_TYPE = "image/png"
 JPEG_QUALITY = 90
 
 # RGB. Boxes: one colour for plain detections, others for named and unknown faces.
@@ -135,3 +137,8 @@ def annotated_jpeg(
 ) -> bytes:
     """`draw_faces` on an RGB image, encoded as JPEG (one call for a worker thread)."""
     return encode_jpeg(draw_faces(image, faces, labels, colours))
+
+
+def data_url(content: bytes, media_type: str) -> str:
+    """`content` as a `data:<media_type>;base64,...` URL: usable as an <img src> as it is."""
+    return f"data:{media_type};base64," + base64.b64encode(content).decode("ascii")

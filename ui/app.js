@@ -79,24 +79,11 @@ function formWith(entries) {
   return form;
 }
 
-// Show a JPEG answer in an <img>, releasing the previous one's memory.
-async function showBlob(img, response) {
-  const url = URL.createObjectURL(await response.blob());
-  if (img.dataset.objectUrl) {
-    URL.revokeObjectURL(img.dataset.objectUrl);
-  }
-  img.dataset.objectUrl = url;
-  await new Promise((resolve, reject) => {
-    img.onload = resolve;
-    img.onerror = () => reject(new Error("the answer is not a displayable image"));
-    img.src = url;
-  });
-}
-
-function loadImage(img, src) {
+// Show an image the API sent as a data: URL (an aligned face, an annotated photo) in an <img>.
+function loadImage(img, src, what) {
   return new Promise((resolve, reject) => {
     img.onload = resolve;
-    img.onerror = () => reject(new Error("the aligned face could not be displayed"));
+    img.onerror = () => reject(new Error(`${what} could not be displayed`));
     img.src = src;
   });
 }
@@ -128,7 +115,10 @@ function handle(formId, prefix, work) {
 handle("compare-form", "compare", async () => {
   const form = formWith([["image_a", $("photo-a").files[0]], ["image_b", $("photo-b").files[0]]]);
   const result = await (await post(await checked("face-similarity?include_aligned=true"), form)).json();
-  await Promise.all([loadImage($("aligned-a"), result.aligned_a), loadImage($("aligned-b"), result.aligned_b)]);
+  await Promise.all([
+    loadImage($("aligned-a"), result.aligned_a, "the aligned face"),
+    loadImage($("aligned-b"), result.aligned_b, "the aligned face"),
+  ]);
   showBadge($("liveness-a"), result.liveness_a);
   showBadge($("liveness-b"), result.liveness_b);
   $("similarity").textContent = result.similarity.toFixed(3);
@@ -140,13 +130,10 @@ handle("compare-form", "compare", async () => {
 
 handle("identify-form", "identify", async () => {
   const file = $("identify-photo").files[0];
-  // Two calls: the drawn photo, and the JSON with every face's names and scores.
-  const [drawn, answer] = await Promise.all([
-    post("identify?annotate=true", formWith([["image", file]])),
-    post(await checked("identify"), formWith([["image", file]])),
-  ]);
+  // One call: the JSON with every face's names and scores, and the drawn photo in it (include_annotated).
+  const answer = await post(await checked("identify?include_annotated=true"), formWith([["image", file]]));
   const result = await answer.json();
-  await showBlob($("identify-image"), drawn);
+  await loadImage($("identify-image"), result.annotated, "the drawn photo");
   const list = $("identify-list");
   list.replaceChildren(
     ...result.faces.map((face) => {
@@ -173,12 +160,9 @@ handle("identify-form", "identify", async () => {
 
 handle("detect-form", "detect", async () => {
   const file = $("detect-photo").files[0];
-  const [drawn, answer] = await Promise.all([
-    post(await checked("detect?annotate=true"), formWith([["image", file]])),
-    post(await checked("detect"), formWith([["image", file]])),
-  ]);
+  const answer = await post(await checked("detect?include_annotated=true"), formWith([["image", file]]));
   const result = await answer.json();
-  await showBlob($("detect-image"), drawn);
+  await loadImage($("detect-image"), result.annotated, "the drawn photo");
   $("detect-count").textContent = `${result.faces.length} face(s) in ${result.width}×${result.height} pixels`;
   const checkedFaces = result.faces.filter((face) => face.liveness);
   const list = $("detect-faces");

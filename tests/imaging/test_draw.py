@@ -159,6 +159,25 @@ def test_identify_can_answer_with_the_names_drawn(api: httpx.Client) -> None:
     assert np.abs(drawn.astype(int) - plain.astype(int)).max() > 100
 
 
+JPEG_DATA_URL_PREFIX = "data:image/jpeg;base64,"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", ["/detect", "/identify"])
+def test_include_annotated_gives_the_json_and_the_drawn_jpeg_in_one_answer(api: httpx.Client, path: str) -> None:
+    data = photo("t1.jpg").read_bytes()
+    both = api.post(f"{path}?include_annotated=true", files={"image": ("t1.jpg", data)})
+    assert both.status_code == 200 and both.headers["content-type"] == "application/json"
+    body = both.json()
+    plain = api.post(path, files={"image": ("t1.jpg", data)}).json()
+    assert "annotated" not in plain  # without the flag the answer is as before
+    assert {k: v for k, v in body.items() if k != "annotated"} == plain
+    assert body["annotated"].startswith(JPEG_DATA_URL_PREFIX)
+    # the very JPEG that annotate=true answers with
+    drawn = api.post(f"{path}?annotate=true", files={"image": ("t1.jpg", data)}).content
+    assert base64.b64decode(body["annotated"].removeprefix(JPEG_DATA_URL_PREFIX)) == drawn
+
+
 @pytest.mark.integration
 def test_openapi_documents_the_jpeg_answers(api: httpx.Client) -> None:
     paths = api.get("/openapi.json").json()["paths"]

@@ -78,7 +78,7 @@ def test_ui_page_and_its_scripts_are_served(api: httpx.Client) -> None:
     assert 'id="compare-form"' in page.text and 'id="api-key"' in page.text
     script = api.get("/ui/app.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
-    assert "include_aligned=true" in script.text and "annotate=true" in script.text
+    assert "include_aligned=true" in script.text and "include_annotated=true" in script.text
     assert "liveness=true" in script.text and '"antispoof"' in script.text
     assert api.get("/ui/style.css").status_code == 200
 
@@ -118,13 +118,17 @@ def test_a_photo_without_a_face_shows_the_apis_reason(api: httpx.Client, page) -
     assert page.is_hidden("#compare-result")
 
 
-def test_detect_panel_shows_the_drawn_photo_and_the_face_count(api: httpx.Client, page) -> None:
+def test_detect_panel_shows_the_drawn_photo_and_the_face_count_from_one_call(api: httpx.Client, page) -> None:
     page.goto(f"{api.base_url}/ui")
+    posted: list[str] = []
+    page.on("request", lambda request: posted.append(request.url) if request.method == "POST" else None)
     page.set_input_files("#detect-photo", str(photo("t1.jpg")))
     page.click("#detect")
     page.wait_for_selector("#detect-result:not([hidden])")
     assert natural_width(page, "#detect-image") == 1280
     assert page.text_content("#detect-count").startswith("6 face(s)")
+    # the drawing and the numbers come in one answer: the models run once per click
+    assert [url.split("?")[0].rsplit("/", 1)[1] for url in posted] == ["detect"]
 
 
 @pytest.fixture()
