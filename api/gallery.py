@@ -249,12 +249,14 @@ async def identify(
         if liveness:
             shaped.liveness = liveness_json(face.liveness)
         faces.append(shaped)
-    answer = IdentifyResponse(width=pixels.shape[1], height=pixels.shape[0], threshold=result.threshold, faces=faces)
+    jpeg = None
     if annotate or include_annotated:
         labels = [f"{f.identity.name} {f.identity.similarity:.2f}" if f.identity else "unknown" for f in faces]
         colours = [KNOWN_COLOUR if f.identity else UNKNOWN_COLOUR for f in faces]
         jpeg = await asyncio.to_thread(annotated_jpeg, pixels, result.faces, labels, colours)
         if annotate:
             return Response(jpeg, media_type=JPEG_MEDIA_TYPE)
+    answer = IdentifyResponse(width=pixels.shape[1], height=pixels.shape[0], threshold=result.threshold, faces=faces)
+    if jpeg is not None:
         answer.annotated = data_url(jpeg, JPEG_MEDIA_TYPE)  # set, so exclude_unset keeps it
     return answer
