@@ -33,7 +33,7 @@ from errors import (
     NoUsableFace,
     SameIdentity,
 )
-from gallery.factory import open_gallery
+from gallery.factory import index_config, open_gallery
 from gallery.store import IdentityNotFound
 from pipeline import FacePipeline
 from settings import Settings
@@ -81,8 +81,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = TritonClient(triton_address(settings), settings.triton_timeout_s)
         await client.open()
         store = await asyncio.to_thread(
-            open_gallery, settings.gallery_db, settings.gallery_url, settings.gallery_scoring
+            open_gallery, settings.gallery_db, settings.gallery_url, settings.gallery_scoring, index_config(settings)
         )
+        # The search index is read (or loaded from its saved file) while the service starts
+        # answering; a search that comes first waits for it.
+        warming = asyncio.create_task(asyncio.to_thread(store.prepare))
         pipeline = FacePipeline(client, settings)
         liveness = LivenessCheck(pipeline, settings)
         app.state.triton = client
@@ -95,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await asyncio.gather(warming, return_exceptions=True)
             await asyncio.to_thread(store.close)
             await client.close()
 

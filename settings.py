@@ -96,6 +96,21 @@ class Settings(BaseSettings):
     gallery_scoring: Literal["centroid", "best_sample"] = Field(
         default="centroid", description="score a person by the centroid of their samples or their best sample"
     )
+    # The SQLite gallery's search index (gallery/live_index.py; README, Scale). Exact below
+    # GALLERY_ANN_MIN_FACES samples, where scanning everything costs under a millisecond;
+    # above it, sign codes of every person scanned with faiss and the candidates scored exactly.
+    gallery_index: Literal["auto", "exact", "ann"] = Field(
+        default="auto", description="exact search, the approximate index, or auto (by GALLERY_ANN_MIN_FACES)"
+    )
+    gallery_ann_min_faces: int = Field(
+        default=50_000, ge=0, description="GALLERY_INDEX=auto: stored samples from which the approximate index is used"
+    )
+    gallery_ann_candidates: int = Field(
+        default=1024, ge=1, le=100_000, description="people the approximate index proposes per face, scored exactly"
+    )
+    gallery_index_save_s: float = Field(
+        default=30, ge=0, description="seconds between saves of the approximate index beside GALLERY_DB"
+    )
     # Enrollment quality (vision/quality.py). Each default grounded in recognition by
     # benchmarks/quality_reject_curve.py on the LFW dev-test photos (README, Enrollment quality):
     # size and sharpness refuse the shrunk and blurred copies whose pairs fail to match (they

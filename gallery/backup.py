@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gallery.sqlite import MIGRATIONS
+from gallery.sqlite import MIGRATIONS, migrate, new_epoch
 from settings import Settings
 
 # gallery.py names no version constant: its user_version after migrating is the number of migrations.
@@ -74,27 +74,28 @@ def _schema(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
     return [(kind, name, " ".join(sql.split())) for kind, name, sql in rows]
 
 
-def expected_schema() -> list[tuple[str, str, str]]:
-    """The schema gallery.sqlite's migrations create, read from a scratch in-memory database."""
+def expected_schema(version: int = SCHEMA_VERSION) -> list[tuple[str, str, str]]:
+    """The schema gallery.sqlite's first `version` migrations create, read from a scratch in-memory database."""
     scratch = sqlite3.connect(":memory:")
     try:
-        for script in MIGRATIONS:
+        for script in MIGRATIONS[:version]:
             scratch.executescript(script)
         return _schema(scratch)
     finally:
         scratch.close()
 
 
-def inspect(db: sqlite3.Connection, label: str) -> Summary:
-    """Raise BackupError unless `db` is an intact gallery with the schema this gallery.py uses."""
+def inspect(db: sqlite3.Connection, label: str, oldest: int = SCHEMA_VERSION) -> Summary:
+    """Raise BackupError unless `db` is an intact gallery with the schema of a version from `oldest`
+    to the one this gallery.py uses."""
     try:
         problems = [row[0] for row in db.execute("PRAGMA integrity_check").fetchall()]
         if problems != ["ok"]:
             raise BackupError(f"{label} fails the integrity check: " + "; ".join(problems[:INTEGRITY_ERRORS_SHOWN]))
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
+        if not oldest <= version <= SCHEMA_VERSION:
             raise BackupError(f"{label} has gallery schema version {version}; this gallery.py uses {SCHEMA_VERSION}")
-        if _schema(db) != expected_schema():
+        if _schema(db) != expected_schema(version):
             raise BackupError(f"{label} is not a gallery: its tables differ from gallery.sqlite's schema {version}")
         if db.execute("PRAGMA foreign_key_check").fetchone() is not None:
             raise BackupError(f"{label} has face samples of identities that do not exist")
@@ -186,7 +187,7 @@ def verify(path: Path) -> Summary:
     """Check a backup (or any gallery file) without changing it."""
     db = _connect_existing(path, "ro")
     try:
-        return inspect(db, str(path))
+        return inspect(db, str(path), oldest=1)  # restore migrates an older schema
     finally:
         db.close()
 
@@ -206,6 +207,10 @@ def restore(source_path: Path, db: Path) -> Summary:
         copy = sqlite3.connect(staging)
         try:
             _copy(source, copy, f"reading {source_path}")
+            inspect(copy, str(source_path), oldest=1)  # a backup of an older schema is migrated first
+            copy.isolation_level = None
+            migrate(copy)
+            new_epoch(copy)  # a new lineage: a search index of the gallery before cannot catch up with it
             inspect(copy, str(source_path))  # the staged bytes are what gets restored
             fresh = not db.exists() or db.stat().st_size == 0
             target = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, isolation_level=None)

@@ -244,6 +244,9 @@ class PgGallery:
 
         return self._run(operation)
 
+    def prepare(self) -> None:
+        """Nothing to do: the HNSW indexes live in the database."""
+
     def face_count(self) -> int:
         def operation(cursor):
             cursor.execute("SELECT COUNT(*) FROM faces")

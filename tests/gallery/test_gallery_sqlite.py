@@ -215,8 +215,9 @@ def test_search_after_many_changes_equals_a_fresh_reader(backend) -> None:
     ],
 )
 def test_face_index_scores_people_by_their_best_sample(owners, vectors, query, expected) -> None:
-    index = FaceIndex(np.pad(np.asarray(vectors, np.float32), ((0, 0), (0, EMBEDDING_DIM - 2))), np.asarray(owners),
-                      ["a", "b"], ["a", "b"])
+    rows = np.pad(np.asarray(vectors, np.float32), ((0, 0), (0, EMBEDDING_DIM - 2)))
+    owners = np.asarray(owners)
+    index = FaceIndex.build([(n, n, np.flatnonzero(owners == p), rows[owners == p]) for p, n in enumerate("ab")])
     padded = np.zeros((1, EMBEDDING_DIM), np.float32)
     padded[0, :2] = query
     assert [m.name for m in index.search(padded, 2, "best_sample")[0]] == expected
@@ -226,12 +227,12 @@ def test_face_index_centroid_scoring_uses_the_mean_of_the_samples() -> None:
     vectors = np.zeros((3, EMBEDDING_DIM), np.float32)
     vectors[0, 0] = vectors[1, 1] = 1.0  # person a: two orthogonal samples -> centroid (0.707, 0.707)
     vectors[2, :2] = [0.96, -0.28]  # person b: one sample near a's first sample
-    index = FaceIndex(vectors, np.array([0, 0, 1]), ["a", "b"], ["a", "b"])
+    index = FaceIndex.build([("a", "a", np.array([0, 1]), vectors[:2]), ("b", "b", np.array([2]), vectors[2:])])
     query = np.zeros((1, EMBEDDING_DIM), np.float32)
     query[0, :2] = [0.6, 0.8]
     centroid = index.search(query, 2, "centroid")[0]
     assert [m.name for m in centroid] == ["a", "b"]
     assert centroid[0].similarity == pytest.approx((0.6 + 0.8) / np.sqrt(2), abs=1e-5)
     assert [m.name for m in index.search(query, 2, "best_sample")[0]] == ["a", "b"]
-    index.remove("a")
+    index.replace("a", "a", np.zeros(0), np.zeros((0, EMBEDDING_DIM)))
     assert [m.name for m in index.search(query, 2, "centroid")[0]] == ["b"]
