@@ -33,6 +33,9 @@ from gallery.index import FaceIndex, People, PersonRows, top_people
 from gallery.store import EMBEDDING_DIM, Match, as_vectors
 
 LIBRARY = f"faiss {faiss.__version__}"
+# One thread a search: the API runs searches of concurrent requests side by side, and faiss's
+# OpenMP team on two busy cores waits for itself (a 0.5 ms scan took 20–40 ms with 2 threads).
+faiss.omp_set_num_threads(1)
 FORMAT = "frtriton-codes/1"
 CODE_BYTES = EMBEDDING_DIM // 8
 MIN_CAPACITY = 1024

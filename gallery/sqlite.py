@@ -172,7 +172,8 @@ class SqliteGallery:
 
     def _write(self, operation, touched):
         """Run `operation(db)` in one IMMEDIATE transaction that also records `touched(result)`'s people
-        under a new generation; then bring the index up to it."""
+        under a new generation. The index catches up at the next search (a bulk load of many
+        writes pays for it once)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -182,7 +183,6 @@ class SqliteGallery:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self.index.sync()
             return result
 
     @staticmethod

@@ -67,6 +67,7 @@ def saved_file(folder: Path) -> Path:
 
 
 def wait_for_build(gallery: SqliteGallery) -> None:
+    gallery.index.sync()  # writes are caught up with lazily, at the next search
     builder = gallery.index._builder
     if builder is not None:
         builder.join(60)
@@ -100,7 +101,7 @@ def test_auto_switches_to_the_approximate_index_past_its_size(tmp_path: Path, pe
     enrolled, probes = people
     gallery = opened(tmp_path / "g.db", "auto", ann_min_faces=300)
     gallery.create_many(enrolled[:50])
-    assert gallery.index.current.kind == "exact"
+    assert gallery.index.sync().kind == "exact"
     gallery.create_many(enrolled[50:150])  # 450 samples
     wait_for_build(gallery)
     assert gallery.index.current.kind == "ann"
