@@ -3,21 +3,15 @@
     python -m gallery.bulk_import FOLDER [--url http://localhost:3000] [--api-key KEY]
         [--metadata people.csv] [--report bulk_import_report.csv] [--workers 4] [--batch 10]
 
-FOLDER holds one sub-folder per person (the LFW layout, `FOLDER/Ada_Lovelace/*.jpg`); the
-sub-folder's name, underscores read as spaces, is the person's name. Every person is one
-`POST /identities` (the photos in field `images`), so the service's models and quality checks
-apply as to any enrollment; photos beyond `--batch` per request go in `POST /identities/{id}/faces`.
-Only HTTP: nothing of the service's internals is used but the default limits of `settings`.
-
-Resumable from the gallery itself: each person's metadata gets `import_folder` (the sub-folder
-name), and a run skips every (name, import_folder) already listed by `GET /identities`. A person
-needing several requests also gets `import_pending` until the last one is answered; a run finding
-it still there (interrupted before) deletes that entry and imports the person again.
-
-Every refused photo and every folder problem is a row of the CSV report (appended, flushed at
-once). Ctrl-C stops sending; the requests in flight finish (Ctrl-C again abandons them).
-Exit status: 0 the run completed (whatever was refused), 2 wrong usage, wrong key or no service,
-130 interrupted.
+FOLDER holds one sub-folder per person (LFW layout: `FOLDER/Ada_Lovelace/*.jpg`), its name with
+underscores read as spaces the person's name. Each person is one `POST /identities` (the service's
+models and quality checks, as any enrollment); photos beyond `--batch` go in `POST .../faces`.
+Resumable from the gallery: each person's metadata gets `import_folder`, and a run skips every
+(name, import_folder) `GET /identities` lists. A person needing several requests is marked
+`import_pending` until the last is answered; a later run deletes such an entry and starts again.
+Refused photos and folder problems are appended to the CSV report as they happen. Ctrl-C stops
+sending and lets the requests in flight finish. Exit: 0 done, 2 usage / key / no service, 130 Ctrl-C.
+Only HTTP: nothing of the service is used but the default limits in `settings`.
 """
 
 from __future__ import annotations
@@ -44,15 +38,16 @@ DEFAULT_URL = "http://localhost:3000"
 DEFAULT_REPORT = "bulk_import_report.csv"
 KEY_ENV = "FRTRITON_API_KEY"
 SOURCE_KEY = "import_folder"  # metadata: the sub-folder a person was imported from
-PENDING_KEY = "import_pending"  # metadata: set while a person's later requests are not all answered
+PENDING_KEY = "import_pending"  # metadata: set until all of a person's requests are answered
 REPORT_COLUMNS = ["time", "folder", "file", "reason"]
 MAX_BATCH = Settings.model_fields["max_enroll_images"].default  # images per request (the service's default)
 MAX_BATCH_BYTES = Settings.model_fields["max_request_bytes"].default - (1 << 20)  # room for the multipart framing
 MAX_NAME = 200  # the service's limit on a name
 PAGE = 1000  # GET /identities' largest page
-RETRIES = 5  # per request, on 429/503 (after Retry-After) and refused connections (backing off)
+RETRIES = 5  # per request: 429/503 after their Retry-After, refused connections backing off 1, 2, 4... s
 RETRY_AFTER_MAX_S = 60.0
 TIMEOUT_S = 300.0
+COUNTS = ["imported", "skipped", "not imported", "left off", "sent", "stored", "refused", "unreadable"]
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 
@@ -100,21 +95,14 @@ def read_metadata(path: Path) -> dict[str, dict[str, str]]:
 
 def scan(root: Path, metadata: dict[str, dict[str, str]]) -> tuple[list[Person], list[tuple[str, str, str]]]:
     """Every person of `root` (sorted by folder), and (folder, file, reason) of what cannot be imported.
-
-    Hidden files and folders (a leading dot) are ignored; every other file is sent: the service
-    decides what is an image (its reason is reported), as for any enrollment.
-    """
+    Hidden files (a leading dot) are ignored; every other file is sent: the service says what is no image."""
     people, problems = [], []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
+    for entry in sorted(e for e in root.iterdir() if not e.name.startswith(".")):
         if not entry.is_dir():
             problems.append(("", entry.name, "not in a person's sub-folder: ignored"))
             continue
         photos = []
-        for item in sorted(entry.iterdir()):
-            if item.name.startswith("."):
-                continue
+        for item in sorted(i for i in entry.iterdir() if not i.name.startswith(".")):
             if item.is_file():
                 photos.append(item)
             else:
@@ -140,14 +128,11 @@ def duplicate_names(people: list[Person]) -> dict[str, list[str]]:
 
 
 def take_batch(photos: list[Path], limit: int, max_bytes: int = MAX_BATCH_BYTES) -> list[Path]:
-    """The next request's photos from the front of `photos` (removed): at most `limit`, and `max_bytes`
-    in all unless one photo alone is larger (it goes alone; the service then refuses it)."""
+    """The next request's photos, taken from the front of `photos`: at most `limit`, at most `max_bytes`
+    in all unless a single photo is larger (it goes alone; the service refuses it)."""
     batch, size = [], 0
     while photos and len(batch) < limit:
-        try:
-            length = photos[0].stat().st_size
-        except OSError:
-            length = 0  # reported as unreadable when read
+        length = photos[0].stat().st_size if photos[0].exists() else 0  # a vanished file: unreadable later
         if batch and size + length > max_bytes:
             break
         batch.append(photos.pop(0))
@@ -167,10 +152,8 @@ def refusal_reasons(detail: object, count: int) -> list[str]:
 
 
 def retry_after(response: httpx.Response, attempt: int) -> float:
-    try:
-        seconds = float(response.headers.get("Retry-After", ""))
-    except ValueError:
-        seconds = 2.0**attempt
+    header = response.headers.get("Retry-After", "")
+    seconds = float(header) if re.fullmatch(r"\d+(\.\d+)?", header) else 2.0**attempt
     return min(max(seconds, 0.1), RETRY_AFTER_MAX_S)
 
 
@@ -191,32 +174,26 @@ class Report:
             with open(path, newline="", encoding="utf-8") as existing:
                 if next(csv.reader(existing), None) != REPORT_COLUMNS:
                     raise ValueError(f"{path} exists and is not a bulk import report: not appending to it")
-        self.path = path
+        self.path, self.rows, self.lock = path, 0, threading.Lock()
         self.file = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (open for the whole run)
         self.writer = csv.writer(self.file)
-        self.lock = threading.Lock()
-        self.rows = 0
         if fresh:
             self.writer.writerow(REPORT_COLUMNS)
             self.file.flush()
 
     def row(self, folder: str, file: str, reason: str) -> None:
         with self.lock:
-            if self.file.closed:
-                return  # an abandoned request answered after the run ended
-            self.writer.writerow([dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), folder, file, reason])
-            self.file.flush()
-            self.rows += 1
-
-    def close(self) -> None:
-        with self.lock:
-            self.file.close()
+            if not self.file.closed:  # else an abandoned request answered after the run ended
+                self.writer.writerow([dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), folder, file, reason])
+                self.file.flush()
+                self.rows += 1
 
     def __enter__(self) -> Report:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.close()
+        with self.lock:
+            self.file.close()
 
 
 # --------------------------------------------------------------------------- the service
@@ -225,23 +202,22 @@ class Importer:
 
     def __init__(self, client: httpx.Client, report: Report, batch: int) -> None:
         self.client, self.report, self.batch = client, report, batch
-        self.stop = threading.Event()
+        self.stop, self.lock = threading.Event(), threading.Lock()
         self.fatal: str | None = None
-        self.lock = threading.Lock()
-        self.counts = dict.fromkeys(
-            ["imported", "skipped", "not imported", "left off", "sent", "stored", "refused", "unreadable"], 0
-        )
+        self.counts = dict.fromkeys(COUNTS, 0)
         self.bar: tqdm | None = None
         self.people_total = self.people_done = 0
 
-    def count(self, **increments: int) -> None:
+    def count(self, photos_done: int = 0, **increments: int) -> None:
         with self.lock:
             for key, value in increments.items():
                 self.counts[key.replace("_", " ")] += value
+            if self.bar is not None and photos_done:
+                self.bar.update(photos_done)
 
     def request(self, method: str, path: str, retries: int = RETRIES, **kwargs) -> httpx.Response:
-        """One call; retried on 429/503 (after Retry-After) and on refused connections. Raises Fatal
-        (401, the service gone) or Stopped (Ctrl-C while waiting, or no answer to a POST)."""
+        """One call, retried on 429/503 and refused connections. Raises Fatal (401, no service) or
+        Stopped (Ctrl-C while waiting to retry, or a POST sent but not answered: it may have been done)."""
         for attempt in range(retries + 1):
             try:
                 response = self.client.request(method, path, **kwargs)
@@ -249,11 +225,10 @@ class Importer:
                 if attempt == retries:
                     raise Fatal(f"cannot reach the service at {self.client.base_url}: {error}") from error
                 delay = 2.0**attempt
-            except httpx.TransportError as error:  # sent, but no answer: it may have been done
-                if method in ("GET", "DELETE", "PATCH") and attempt < retries:
-                    delay = 2.0**attempt
-                else:
+            except httpx.TransportError as error:
+                if method == "POST" or attempt == retries:
                     raise Stopped(f"no answer ({type(error).__name__}: {error})") from error
+                delay = 2.0**attempt  # GET, PATCH, DELETE: the same again is harmless
             else:
                 if response.status_code == 401:
                     raise Fatal(f"the service refused the API key: {detail_of(response)}")
@@ -267,8 +242,8 @@ class Importer:
     def existing(self) -> dict[tuple[str, str], list[tuple[str, bool]]]:
         """(name, import_folder) -> [(id, pending)] of everyone a bulk import put in the gallery."""
         found: dict[tuple[str, str], list[tuple[str, bool]]] = {}
-        offset = 0
-        while True:
+        offset, total = 0, 1
+        while offset < total:
             response = self.request("GET", "/identities", retries=2, params={"limit": PAGE, "offset": offset})
             if response.status_code != 200:
                 raise Fatal(f"GET /identities answered {response.status_code}: {detail_of(response)}")
@@ -278,9 +253,8 @@ class Importer:
                 if isinstance(metadata.get(SOURCE_KEY), str):
                     key = (identity["name"], metadata[SOURCE_KEY])
                     found.setdefault(key, []).append((identity["id"], PENDING_KEY in metadata))
-            offset += len(page["identities"])
-            if not page["identities"] or offset >= page["total"]:
-                return found
+            offset, total = offset + len(page["identities"]), page["total"] if page["identities"] else 0
+        return found
 
     def work(self, todo: queue.Queue) -> None:
         """One worker thread: people from `todo` until it is empty, Ctrl-C or a fatal error."""
@@ -306,27 +280,18 @@ class Importer:
                     self.bar.set_postfix_str(f"people {self.people_done}/{self.people_total}", refresh=False)
 
     def import_person(self, person: Person, stale: list[str]) -> None:
-        for identity_id in stale:  # an interrupted earlier import of this person: started again
+        for identity_id in stale:  # entries of an interrupted earlier import: it starts again
             response = self.request("DELETE", f"/identities/{identity_id}")
             if response.status_code not in (200, 404):
                 raise RuntimeError(f"could not delete its interrupted import {identity_id}: {detail_of(response)}")
             self.report.row(person.folder, "", "an earlier import was interrupted: deleted and imported again")
         metadata = {**person.metadata, SOURCE_KEY: person.folder}
-        remaining, identity = list(person.photos), None
-        pending = False
+        remaining, identity, pending = list(person.photos), None, False
         while remaining:
             if self.stop.is_set():
                 raise Stopped("interrupted" + (" after part of the photos" if identity else ""))
-            batch = take_batch(remaining, self.batch)
-            files = []
-            for path in batch:
-                try:
-                    files.append((path, path.read_bytes()))
-                except OSError as error:
-                    self.count(unreadable=1)
-                    self.report.row(person.folder, path.name, f"unreadable: {error.strerror or error}: not sent")
+            files = self.read(person, take_batch(remaining, self.batch))
             if not files:
-                self.progress(len(batch))
                 continue
             upload = [("images", (path.name, data)) for path, data in files]
             if identity is None:
@@ -339,25 +304,21 @@ class Importer:
             if status == 413 and len(files) > 1:  # the service takes fewer: smaller requests from now on
                 with self.lock:
                     self.batch = max(1, min(self.batch, len(files) // 2))
-                remaining[:0] = batch
+                remaining[:0] = [path for path, _ in files]
                 continue
-            self.progress(len(batch))
             if status == 429 or status >= 500:  # still, after the retries: the next run tries again
                 raise Stopped(f"the service answered {status}: {detail_of(response)}")
-            self.count(sent=len(files))
             if status in (200, 201):
                 body = response.json()
-                identity = identity or body["id"]
-                pending = pending or (status == 201 and bool(remaining))
-                self.count(stored=len(files) - len(body["rejected"]), refused=len(body["rejected"]))
-                for refused in body["rejected"]:
-                    self.report.row(person.folder, files[refused["index"]][0].name, refused["reason"])
-            else:
+                identity, pending = identity or body["id"], pending or (status == 201 and bool(remaining))
+                rejected = {r["index"]: r["reason"] for r in body["rejected"]}
+            else:  # 422: nothing stored; 404: the person was deleted meanwhile; 400, 413...
                 reasons = refusal_reasons(detail_of(response), len(files)) if status == 422 else None
-                self.count(refused=len(files))
-                for i, (path, _) in enumerate(files):
-                    reason = reasons[i] if reasons else f"refused ({status}): {detail_of(response)}"
-                    self.report.row(person.folder, path.name, reason)
+                rejected = {i: reasons[i] if reasons else f"refused ({status}): {detail_of(response)}"
+                            for i in range(len(files))}
+            for index, reason in sorted(rejected.items()):
+                self.report.row(person.folder, files[index][0].name, reason)
+            self.count(len(files), sent=len(files), stored=len(files) - len(rejected), refused=len(rejected))
         if identity is None:
             self.count(not_imported=1)
             self.report.row(person.folder, "", "not imported: no usable photo, nothing stored")
@@ -368,10 +329,16 @@ class Importer:
                 raise Stopped(f"could not mark it complete ({response.status_code}: {detail_of(response)})")
         self.count(imported=1)
 
-    def progress(self, photos: int) -> None:
-        with self.lock:
-            if self.bar is not None:
-                self.bar.update(photos)
+    def read(self, person: Person, paths: list[Path]) -> list[tuple[Path, bytes]]:
+        """(path, bytes) of each photo that can be read; the others are reported and counted done."""
+        files = []
+        for path in paths:
+            try:
+                files.append((path, path.read_bytes()))
+            except OSError as error:
+                self.count(1, unreadable=1)
+                self.report.row(person.folder, path.name, f"unreadable: {error.strerror or error}: not sent")
+        return files
 
 
 # --------------------------------------------------------------------------- the command line
@@ -386,8 +353,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the service (default {DEFAULT_URL})")
     parser.add_argument("--api-key", help=f"the X-API-Key (default: the environment variable {KEY_ENV})")
     parser.add_argument("--metadata", type=Path, help="CSV with a column 'folder'; its other columns become metadata")
-    parser.add_argument("--report", type=Path, default=Path(DEFAULT_REPORT),
-                        help=f"CSV of every refused photo and folder problem, appended to (default ./{DEFAULT_REPORT})")
+    parser.add_argument("--report", type=Path, default=Path(DEFAULT_REPORT), help="CSV of every refused photo and "
+                        f"folder problem, appended to (default {DEFAULT_REPORT} in the current directory)")
     parser.add_argument("--workers", type=int, default=4, help="people imported at once (default 4)")
     parser.add_argument("--batch", type=int, default=MAX_BATCH,
                         help=f"photos per request, at most the service's MAX_ENROLL_IMAGES (default {MAX_BATCH})")
@@ -411,9 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, csv.Error) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    headers = {"X-API-Key": args.api_key}
     limits = httpx.Limits(max_connections=args.workers + 1, max_keepalive_connections=args.workers + 1)
-    client = httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=TIMEOUT_S, limits=limits)
+    client = httpx.Client(base_url=args.url.rstrip("/"), headers={"X-API-Key": args.api_key}, timeout=TIMEOUT_S,
+                          limits=limits)
     with report, client:
         importer = Importer(client, report, args.batch)
         try:
@@ -423,26 +390,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
-            return summary(importer, report, started, interrupted=True)
+            return summary(importer, started, interrupted=True)
         for problem in problems:
             report.row(*problem)
         todo: queue.Queue = queue.Queue()
-        duplicates = duplicate_names(people)
-        photos = 0
+        duplicates, photos = duplicate_names(people), 0
         for person in people:
             entries = done.get((person.name, person.folder), [])
-            if duplicates.get(person.name):
+            if person.name in duplicates:
                 others = ", ".join(repr(f) for f in duplicates[person.name] if f != person.folder)
                 report.row(person.folder, "", f"{person.name!r} is also the name of folder {others}: "
                            + ("already imported" if entries else "not imported; rename or merge the folders"))
             if entries and not all(pending for _, pending in entries):
                 importer.count(skipped=1)
-            elif not duplicates.get(person.name):
+            elif person.name not in duplicates:
                 todo.put((person, [identity for identity, _ in entries]))
                 photos += len(person.photos)
         importer.people_total = todo.qsize()
         interrupted = run(importer, todo, photos, args.workers)
-    return summary(importer, report, started, interrupted)
+    return summary(importer, started, interrupted)
 
 
 def run(importer: Importer, todo: queue.Queue, photos: int, workers: int) -> bool:
@@ -472,15 +438,14 @@ def wait_for(threads: list[threading.Thread]) -> None:
             thread.join(0.2)  # a timeout, so that Ctrl-C reaches this thread
 
 
-def summary(importer: Importer, report: Report, started: float, interrupted: bool) -> int:
-    elapsed = time.monotonic() - started
-    c = importer.counts
+def summary(importer: Importer, started: float, interrupted: bool) -> int:
+    elapsed, c = time.monotonic() - started, importer.counts
     print(
         f"people: {c['imported']} imported, {c['skipped']} skipped (already there), {c['not imported']} not imported, "
         f"{c['left off']} left off\n"
         f"photos: {c['sent']} sent, {c['stored']} stored, {c['refused']} refused, {c['unreadable']} unreadable\n"
         f"{elapsed:.1f} s, {c['sent'] / elapsed if elapsed else 0:.2f} photos/s; "
-        f"report: {report.path} ({report.rows} new rows)"
+        f"report: {importer.report.path} ({importer.report.rows} new rows)"
     )
     if importer.fatal:
         print(f"error: {importer.fatal}", file=sys.stderr)
