@@ -1,1 +1,1 @@
-"""The persistent gallery of enrolled people: interface and types, SQLite, PostgreSQL, backups."""
+"""The persistent gallery of enrolled people: interface and types, SQLite, PostgreSQL, backups, bulk import."""
