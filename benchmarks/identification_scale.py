@@ -88,7 +88,7 @@ def rank1_rate(mated_hit: np.ndarray) -> float:
 
 def fpir_resolved(num_nonmated: int, fpir: float) -> bool:
     """Whether `num_nonmated` searches can resolve an FPIR of `fpir` (at least one false positive allowed)."""
-    return num_nonmated > 0 and np.floor(fpir * num_nonmated + 1e-9) >= 1
+    return bool(num_nonmated > 0 and np.floor(fpir * num_nonmated + 1e-9) >= 1)
 
 
 def threshold_at_fpir(nonmated_scores: np.ndarray, fpir: float) -> float:
