@@ -334,39 +334,53 @@ def largest_difference(rows: list[Row]) -> float | None:
     return max(gaps) if gaps else None
 
 
+def zero_and_decades(axis, which: str, floor: float) -> None:
+    """Ticks in percent on a log axis, with `floor` labelled 0 (where zero rates are drawn)."""
+    decades = [10.0**k for k in range(int(np.floor(np.log10(floor))) + 1, 1)]
+    ticks, labels = [floor, *decades], ["0", *(f"{100 * d:g} %" for d in decades)]
+    (axis.set_xticks if which == "x" else axis.set_yticks)(ticks, labels)
+
+
 def plot(curves: dict[str, list[tuple[Row, tuple]]], out: Path) -> None:
-    """One DET panel per folder (log-log FNIR vs FPIR), one colour per gallery size, exact solid, ANN dashed."""
+    """One DET panel per folder (log-log FNIR vs FPIR), one colour per gallery size, exact solid, ANN dashed.
+
+    Zero rates are drawn at a floor a third of a decade below the resolution (1/searches) and
+    labelled 0; the band FPIR < 1/non-mated searches, which they cannot resolve, is shaded.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 5), squeeze=False)
+    figure, axes = plt.subplots(1, len(curves), figsize=(6.5 * len(curves), 5.2), squeeze=False)
     sizes = sorted({row.gallery_size for entries in curves.values() for row, _ in entries})
-    colours = dict(zip(sizes, plt.get_cmap("viridis")(np.linspace(0, 0.85, len(sizes))), strict=True))
+    colours = dict(zip(sizes, plt.get_cmap("viridis")(np.linspace(0, 0.8, len(sizes))), strict=True))
     for axis, (folder, entries) in zip(axes[0], curves.items(), strict=True):
-        floor_x = min(1 / row.nonmated for row, _ in entries) / 2
-        floor_y = min(1 / row.mated for row, _ in entries) / 2
-        for row, (mated_scores, mated_hit, nonmated_scores) in entries:
-            fpir, fnir, _ = det_curve(mated_scores, mated_hit, nonmated_scores)
-            style = "-" if row.index == "exact" else "--"
-            axis.step(np.maximum(fpir, floor_x), np.maximum(fnir, floor_y), where="post", linestyle=style,
-                      color=colours[row.gallery_size],
-                      label=f"{row.index}, gallery {row.gallery_size:,} ({row.mated} mated)")
-            axis.plot(max(row.fpir_at_default, floor_x), max(row.fnir_at_default, floor_y), "o",
-                      color=colours[row.gallery_size])
+        nonmated, mated = min(row.nonmated for row, _ in entries), max(row.mated for row, _ in entries)
+        floor_x, floor_y = (10.0 ** np.floor(np.log10(1 / count)) / 3 for count in (nonmated, mated))
+        axis.axvspan(floor_x / 2, 1 / nonmated, color="grey", alpha=0.12, linewidth=0)
+        axis.text(1.1 * floor_x, 0.6, f"FPIR < 1/{nonmated}:\nnot resolved", fontsize=7, color="dimgrey")
         for target in FPIR_TARGETS:
             axis.axvline(target, color="grey", linewidth=0.6, linestyle=":")
+        for row, (mated_scores, mated_hit, nonmated_scores) in entries:
+            fpir, fnir, _ = det_curve(mated_scores, mated_hit, nonmated_scores)
+            colour = colours[row.gallery_size]
+            axis.step(np.maximum(fpir, floor_x), np.maximum(fnir, floor_y), where="post", color=colour,
+                      linestyle="-" if row.index == "exact" else "--",
+                      label=f"{row.index}, gallery {row.gallery_size:,} ({row.mated} mated searches)")
+            axis.plot(max(row.fpir_at_default, floor_x), max(row.fnir_at_default, floor_y), "o", color=colour)
         axis.set_xscale("log")
         axis.set_yscale("log")
-        axis.set_xlim(floor_x / 1.5, 1.05)
-        axis.set_ylim(floor_y / 1.5, 1.05)
-        axis.set_xlabel(f"FPIR (non-mated searches: {entries[0][0].nonmated}; 0 drawn at {floor_x:.1e})")
-        axis.set_ylabel(f"FNIR, rank 1 (0 drawn at {floor_y:.1e})")
-        axis.set_title(f"{folder}: dots at threshold {entries[0][0].default_threshold:.2f}")
-        axis.grid(True, which="both", alpha=0.3)
+        axis.set_xlim(floor_x / 2, 1.1)
+        axis.set_ylim(floor_y / 2, 1.1)
+        zero_and_decades(axis, "x", floor_x)
+        zero_and_decades(axis, "y", floor_y)
+        axis.set_xlabel(f"FPIR ({nonmated} non-mated searches)")
+        axis.set_ylabel("FNIR (rank 1)")
+        axis.set_title(f"LFW dev-test {folder}; dots: threshold {entries[0][0].default_threshold:.2f}", fontsize=10)
+        axis.grid(True, which="major", alpha=0.3)
         axis.legend(fontsize=8, loc="upper right")
-    figure.suptitle("1:N identification against gallery size (one enrollment photo per person)")
+    figure.suptitle("1:N identification against gallery size, one enrollment photo per person")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
