@@ -17,8 +17,8 @@ theirs is a non-mated search. The others form the enrolled pool, in a seeded ord
 of size N enrolls the first N of them (so galleries are nested), each from ONE photo, their first
 usable file by name. Mated searches are the other photos of the enrolled people. A size larger
 than the pool is skipped; "all" is the whole pool. Every search goes through the real
-`gallery.sqlite.SqliteGallery` (exact and, once the class takes `index=`, the approximate index)
-with a rank-1 candidate list.
+`gallery.sqlite.SqliteGallery` (exact, and the approximate index with `--ann-candidates` people
+proposed per face) with a rank-1 candidate list.
 
 Metrics (NIST FRVT 1:N with rank-1 candidate lists):
   rank-1 hit rate  mated searches whose own identity is first, whatever its similarity;
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import sys
 import tempfile
@@ -49,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from enroll_quality import measure_folder  # noqa: E402
 
+from gallery.ann import AnnParameters  # noqa: E402
+from gallery.live_index import IndexConfig  # noqa: E402
 from gallery.sqlite import SqliteGallery  # noqa: E402
 from settings import Settings  # noqa: E402
 
@@ -230,26 +231,12 @@ def gallery_sizes(requested: list[str], available: int) -> tuple[list[int], list
     return sizes, notes
 
 
-def index_modes(requested: str) -> tuple[list[str], str | None]:
-    """(index modes to measure, a note when SqliteGallery has no `index=` and only exact search runs)."""
-    wanted = ["exact", "ann"] if requested == "both" else [requested]
-    if "index" in inspect.signature(SqliteGallery).parameters:
-        return wanted, None
-    return ["exact"], "SqliteGallery takes no index= yet: only the exact index is available and measured"
+def index_modes(requested: str) -> list[str]:
+    return ["exact", "ann"] if requested == "both" else [requested]
 
 
-def open_gallery(path: Path, scoring: str, mode: str) -> SqliteGallery:
-    if "index" in inspect.signature(SqliteGallery).parameters:
-        return SqliteGallery(path, scoring, index=mode)
-    return SqliteGallery(path, scoring)
-
-
-def enroll(gallery: SqliteGallery, people: list[tuple[str, dict, np.ndarray]]) -> None:
-    if hasattr(gallery, "create_many"):
-        gallery.create_many(people)
-    else:
-        for name, metadata, embeddings in people:
-            gallery.create(name, metadata, embeddings)
+def open_gallery(path: Path, scoring: str, mode: str, candidates: int) -> SqliteGallery:
+    return SqliteGallery(path, scoring, IndexConfig(mode=mode, parameters=AnnParameters(candidates=candidates)))
 
 
 def top1(gallery: SqliteGallery, queries: np.ndarray) -> tuple[list[str | None], np.ndarray]:
@@ -282,16 +269,17 @@ METRICS = ("rank1", "fnir_at_fpir_1pct", "fnir_at_fpir_01pct", "fpir_at_default"
 
 
 def measure(folder: str, mode: str, scoring: str, size: int, split: Split, embeddings: np.ndarray,
-            default_threshold: float) -> tuple[Row, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            default_threshold: float, candidates: int = AnnParameters.candidates,
+            ) -> tuple[Row, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """One (index, gallery size) row, and its (mated_scores, mated_hit, nonmated_scores)."""
     enrolled = split.pool[:size]
     mated_rows = [row for person in enrolled for row in split.photos[person][1:]]
     mated_people = [person for person in enrolled for _ in split.photos[person][1:]]
     nonmated_rows = [row for person in split.held_out for row in split.photos[person]]
     with tempfile.TemporaryDirectory() as tmp:
-        gallery = open_gallery(Path(tmp) / "gallery.db", scoring, mode)
+        gallery = open_gallery(Path(tmp) / "gallery.db", scoring, mode, candidates)
         try:
-            enroll(gallery, [(person, {}, embeddings[split.photos[person][0]][None]) for person in enrolled])
+            gallery.create_many([(person, {}, embeddings[split.photos[person][0]][None]) for person in enrolled])
             named, mated_scores = top1(gallery, embeddings[mated_rows])
             _, nonmated_scores = top1(gallery, embeddings[nonmated_rows])
         finally:
@@ -394,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scoring", choices=("centroid", "best_sample"), default="centroid")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), help='gallery sizes; "all" is the whole pool')
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ann-candidates", type=int, default=AnnParameters.candidates,
+                        help="people the approximate index proposes per face (GALLERY_ANN_CANDIDATES)")
     parser.add_argument("--json", action="store_true", help="one JSON line per (index, size) row on stdout")
     parser.add_argument("--plot", type=Path, help="draw the DET curves here (PNG)")
     parser.add_argument("--remeasure", action="store_true", help="embed the photos again even if cached")
@@ -403,9 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     default_threshold = Settings().identify_threshold
-    modes, note = index_modes(args.index)
-    if note and args.index != "exact":
-        say(note)
+    modes = index_modes(args.index)
     rows: list[Row] = []
     curves: dict[str, list[tuple[Row, tuple]]] = {}
     for folder in args.folders:
@@ -424,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         found = []
         for mode in modes:
             for size in sizes:
-                row, scores = measure(folder.name, mode, args.scoring, size, split, embeddings, default_threshold)
+                row, scores = measure(folder.name, mode, args.scoring, size, split, embeddings, default_threshold,
+                                      args.ann_candidates)
                 found.append((row, scores))
                 if args.json:
                     print(json.dumps(asdict(row)), flush=True)

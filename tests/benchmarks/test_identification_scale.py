@@ -169,29 +169,3 @@ def test_exact_index_runs_end_to_end_on_a_tiny_gallery(tmp_path: Path) -> None:
     assert (row.gallery_size, row.mated, row.nonmated) == (4, 4, 4)
     assert row.rank1 == 1 and row.fnir_at_default == 0 and row.fpir_at_default == 0
     assert hit.all() and mated.min() > nonmated.max()
-
-
-class GalleryWithIndex:
-    def __init__(self, path: Path, scoring: str = "centroid", index: str = "auto") -> None: ...
-
-
-class GalleryWithoutIndex:
-    def __init__(self, path: Path, scoring: str = "centroid") -> None: ...
-
-
-@pytest.mark.parametrize(
-    ("gallery", "requested", "modes", "noted"),
-    [
-        (GalleryWithIndex, "both", ["exact", "ann"], False),
-        (GalleryWithIndex, "ann", ["ann"], False),
-        (GalleryWithoutIndex, "both", ["exact"], True),
-        (GalleryWithoutIndex, "ann", ["exact"], True),
-    ],
-)
-def test_index_modes_fall_back_to_exact_when_the_gallery_takes_no_index(
-    monkeypatch: pytest.MonkeyPatch, gallery: type, requested: str, modes: list[str], noted: bool
-) -> None:
-    monkeypatch.setattr(ids, "SqliteGallery", gallery)
-    found, note = ids.index_modes(requested)
-    assert found == modes
-    assert (note is not None) is noted
