@@ -7,7 +7,7 @@ from fastapi.responses import RedirectResponse
 
 from api.dependencies import PeopleDep, StatusDep
 from api.schemas import Error, Health, ModelsResponse, Ready, served_model
-from telemetry.metrics import GALLERY_FACES, GALLERY_IDENTITIES, exposition
+from telemetry.metrics import GALLERY_FACES, GALLERY_IDENTITIES, exposition, set_gallery_index
 
 router = APIRouter(tags=["service"])
 
@@ -27,6 +27,7 @@ async def prometheus_metrics(people: PeopleDep) -> Response:
     identities, faces = await people.counts()
     GALLERY_IDENTITIES.set(identities)
     GALLERY_FACES.set(faces)
+    set_gallery_index(await people.index_status())
     body, content_type = exposition()
     return Response(body, media_type=content_type)
 

@@ -247,6 +247,10 @@ class PgGallery:
     def prepare(self) -> None:
         """Nothing to do: the HNSW indexes live in the database."""
 
+    def index_status(self) -> dict:
+        return {"index": "hnsw", "library": "pgvector", "generation": None, "building": False,
+                "loaded_from_file": False}
+
     def face_count(self) -> int:
         def operation(cursor):
             cursor.execute("SELECT COUNT(*) FROM faces")

@@ -347,6 +347,9 @@ class SqliteGallery:
     def prepare(self) -> None:
         self.index.sync()
 
+    def index_status(self) -> dict:
+        return self.index.status()
+
     def face_count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM faces").fetchone()[0]

@@ -57,6 +57,8 @@ class Gallery(Protocol):
     def prepare(self) -> None:
         """Build or load the search index now (at start-up) rather than at the first search."""
     def face_count(self) -> int: ...
+    def index_status(self) -> dict:
+        """{"index", "library", "generation", "building", "loaded_from_file"} of the search index."""
     def close(self) -> None: ...
 
 

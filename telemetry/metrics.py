@@ -46,6 +46,19 @@ LIVENESS_CHECKS = Counter(
 )
 GALLERY_IDENTITIES = Gauge("frtriton_gallery_identities", "people enrolled in the gallery")
 GALLERY_FACES = Gauge("frtriton_gallery_faces", "face samples stored in the gallery")
+GALLERY_INDEX = Gauge(
+    "frtriton_gallery_index", "the gallery's search index in use (1), and whether it came from its saved file",
+    ["index", "library", "loaded_from_file"],
+)
+GALLERY_GENERATION = Gauge("frtriton_gallery_index_generation", "database generation the search index reflects")
+
+
+def set_gallery_index(status: dict) -> None:
+    """One series for the index in use (labels change when it does: the old series goes)."""
+    GALLERY_INDEX.clear()
+    GALLERY_INDEX.labels(str(status["index"]), str(status["library"]), str(status["loaded_from_file"]).lower()).set(1)
+    if status.get("generation") is not None:
+        GALLERY_GENERATION.set(status["generation"])
 
 UNMATCHED_ROUTE = "unmatched"  # 404s and static files: one label, not one per path tried
 

@@ -40,3 +40,7 @@ class People:
     async def counts(self) -> tuple[int, int]:
         """(identities, face samples) for the gallery gauges."""
         return await asyncio.to_thread(lambda: (self.gallery.list(1, 0)[0], self.gallery.face_count()))
+
+    async def index_status(self) -> dict:
+        """Which search index the gallery uses (exact / ann / pgvector), its library and generation."""
+        return await asyncio.to_thread(self.gallery.index_status)

@@ -263,3 +263,31 @@ def test_concurrent_enrollments_and_deletes_from_several_clients(gallery_api, lf
         thread.join()
     listing = client.get("/identities", params={"limit": 1000}).json()
     assert sorted(i["id"] for i in listing["identities"]) == sorted(created)
+
+
+def test_the_approximate_index_is_saved_and_used_again_after_a_restart(triton, tmp_path: Path, lfw_dir: Path) -> None:
+    env = {"TRITON_URL": triton.url, "GALLERY_DB": str(tmp_path / "g.db"), "GALLERY_INDEX": "ann"}
+    known = people(lfw_dir, 3, 4)
+    server = ApiProcess(env, tmp_path / "a.log").start()
+    try:
+        with server.client() as client:
+            ids = {enroll(client, p[0].parent.name, p[:2]).json()["id"]: p[0].parent.name for p in known}
+            first = [subject(client.post("/identify", files={"image": ("p.jpg", p[2].read_bytes())}).json())
+                     for p in known]
+            assert 'frtriton_gallery_index{index="ann"' in client.get("/metrics").text
+    finally:
+        server.stop()  # SIGTERM: the lifespan saves the index
+    assert (tmp_path / "g.db.index" / "manifest.json").exists()
+    server = ApiProcess(env, tmp_path / "b.log").start()
+    try:
+        with server.client() as client:
+            again = [subject(client.post("/identify", files={"image": ("p.jpg", p[2].read_bytes())}).json())
+                     for p in known]
+            metrics = client.get("/metrics").text
+    finally:
+        server.stop()
+    assert 'loaded_from_file="true"' in metrics and 'index="ann"' in metrics
+    assert [f["identity"]["name"] for f in again] == [p[0].parent.name for p in known]
+    assert [f["identity"]["id"] for f in again] == [f["identity"]["id"] for f in first]
+    assert set(ids) == {f["identity"]["id"] for f in again}
+    assert [f["matches"] for f in again] == [f["matches"] for f in first]
