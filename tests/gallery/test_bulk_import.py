@@ -20,20 +20,19 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, ApiProcess, unused_port
-from gallery import bulk_import
-from gallery.bulk_import import (
+from gallery import bulk_folder, bulk_import
+from gallery.bulk_folder import (
     PENDING_KEY,
     SOURCE_KEY,
-    Importer,
     Person,
     Report,
     duplicate_names,
     person_name,
     read_metadata,
-    refusal_reasons,
     scan,
     take_batch,
 )
+from gallery.bulk_import import Importer, refusal_reasons
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -122,7 +121,7 @@ def test_the_report_is_appended_to_and_a_foreign_csv_is_not_touched(tmp_path: Pa
         with Report(path) as report:
             report.row("Ada", "1.jpg", f"run {run}")
     rows = list(csv.reader(path.open()))
-    assert rows[0] == bulk_import.REPORT_COLUMNS and [r[3] for r in rows[1:]] == ["run 0", "run 1"]
+    assert rows[0] == bulk_folder.REPORT_COLUMNS and [r[3] for r in rows[1:]] == ["run 0", "run 1"]
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a bulk import report"):
