@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         default=1024, ge=1, le=100_000, description="people the approximate index proposes per face, scored exactly"
     )
     gallery_index_save_s: float = Field(
-        default=30, ge=0, description="seconds between saves of the approximate index beside GALLERY_DB"
+        default=300, ge=0, description="seconds between saves of the approximate index beside GALLERY_DB"
     )
     # Enrollment quality (vision/quality.py). Each default grounded in recognition by
     # benchmarks/quality_reject_curve.py on the LFW dev-test photos (README, Enrollment quality):

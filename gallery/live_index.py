@@ -67,7 +67,7 @@ class IndexConfig:
     ann_min_faces: int = 50_000
     parameters: AnnParameters = AnnParameters()
     folder: Path | None = None  # where the approximate index is saved; None: never saved
-    save_interval_s: float = 30.0
+    save_interval_s: float = 300.0
 
 
 class LiveIndex:
