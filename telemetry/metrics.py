@@ -103,15 +103,20 @@ class RouteTable:
         """The templates of a FastAPI app: its OpenAPI paths, and its own routes (the docs) besides.
 
         Only public interfaces: `app.openapi()` lists every operation of the included routers,
-        whatever FastAPI keeps them in; `app.routes` adds the routes outside the schema.
+        whatever FastAPI keeps them in; `app.routes` adds the routes outside the schema. Not
+        seen: an included router's routes left out of the schema (here only `GET /`, which the
+        queue never refuses); a `{name:path}` parameter is one segment in the schema's paths.
         """
         routes: list[tuple[str, Collection[str]]] = []
+        openapi = getattr(app, "openapi", None)
         try:
-            for template, operations in app.openapi().get("paths", {}).items():
-                routes.append((template, [m for m in operations if m in OPENAPI_METHODS]))
+            paths = openapi().get("paths", {}) if callable(openapi) else {}
         except Exception:  # a schema that cannot be built: the app's own routes still count
             log.warning("no OpenAPI schema to label unrouted requests by; they may count as %r", UNMATCHED_ROUTE,
                         exc_info=True)
+            paths = {}
+        for template, operations in paths.items():
+            routes.append((template, [m for m in operations if m in OPENAPI_METHODS]))
         for route in getattr(app, "routes", []):
             path, methods = getattr(route, "path", None), getattr(route, "methods", None)
             if isinstance(path, str) and methods:
