@@ -10,6 +10,7 @@ own engine is never touched.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import uuid
@@ -182,8 +183,8 @@ def test_a_running_daemon_keeps_its_socket_and_is_not_started_twice(machine: Mac
     machine.stale_socket()
     other = tmp_path / "elsewhere"
     other.mkdir()
-    # a process named like the daemon (comm is the script's name), still starting up
-    running = subprocess.Popen([executable(other / machine.dockerd, "#!/bin/sh\nsleep 600\n")])
+    # a process named like the daemon, still starting up: `sleep` under the daemon's name (no child to leave behind)
+    running = subprocess.Popen([shutil.copy(shutil.which("sleep"), other / machine.dockerd), "600"])
     try:
         outcome = machine.run("ensure_docker_engine")
     finally:
