@@ -4,15 +4,24 @@ A leaf module: the HTTP middleware, the pipeline (faces found) and the Triton cl
 (call latency per model) record into these; nothing here imports the service.
 
 Labels are bounded: the route *template* (`/identities/{identity_id}`, never the id), the
-method, the status code, the model name.
+method, the status code, the model name. A request answered before routing (the admission
+queue's 503, the body limit's 413) is labelled by the template its method and path match in
+the app's `RouteTable`; "unmatched" only when no route would have taken it.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+from collections.abc import Collection, Iterable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("frtriton")
 
 # Requests take 20 ms to a few seconds under load; Triton calls 1 ms to hundreds.
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -61,6 +70,7 @@ def set_gallery_index(status: dict) -> None:
         GALLERY_GENERATION.set(status["generation"])
 
 UNMATCHED_ROUTE = "unmatched"  # 404s and static files: one label, not one per path tried
+OPENAPI_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
 def exposition() -> tuple[bytes, str]:
@@ -68,11 +78,84 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+class RouteTable:
+    """The app's route templates (`/identities/{identity_id}`) with their methods, as regexes.
+
+    For the requests the router never saw: a middleware in front of it (the admission queue)
+    answered them. They are matched the way the router would have matched them, in its order:
+    the first template whose path and method match, else the first whose path matches (the
+    router's 405), else none.
+    """
+
+    def __init__(self, routes: Iterable[tuple[str, Collection[str]]]) -> None:
+        self.routes: list[tuple[re.Pattern[str], str, frozenset[str]]] = []
+        seen: set[tuple[str, frozenset[str]]] = set()
+        for template, methods in routes:
+            allowed = frozenset(m.upper() for m in methods)
+            if "GET" in allowed:
+                allowed |= {"HEAD"}  # as Starlette's routes answer HEAD wherever they answer GET
+            if (template, allowed) not in seen:
+                seen.add((template, allowed))
+                self.routes.append((compile_path(template)[0], template, allowed))
+
+    @classmethod
+    def of(cls, app: Any) -> RouteTable:
+        """The templates of a FastAPI app: its OpenAPI paths, and its own routes (the docs) besides.
+
+        Only public interfaces: `app.openapi()` lists every operation of the included routers,
+        whatever FastAPI keeps them in; `app.routes` adds the routes outside the schema. Not
+        seen: an included router's routes left out of the schema (here only `GET /`, which the
+        queue never refuses); a `{name:path}` parameter is one segment in the schema's paths.
+        """
+        routes: list[tuple[str, Collection[str]]] = []
+        openapi = getattr(app, "openapi", None)
+        try:
+            paths = openapi().get("paths", {}) if callable(openapi) else {}
+        except Exception:  # a schema that cannot be built: the app's own routes still count
+            log.warning("no OpenAPI schema to label unrouted requests by; they may count as %r", UNMATCHED_ROUTE,
+                        exc_info=True)
+            paths = {}
+        for template, operations in paths.items():
+            routes.append((template, [m for m in operations if m in OPENAPI_METHODS]))
+        for route in getattr(app, "routes", []):
+            path, methods = getattr(route, "path", None), getattr(route, "methods", None)
+            if isinstance(path, str) and methods:
+                routes.append((path, methods))
+        return cls(routes)
+
+    def label(self, method: str, path: str) -> str:
+        """The template `method path` falls under, or UNMATCHED_ROUTE."""
+        partial = None
+        for regex, template, allowed in self.routes:
+            if regex.match(path):
+                if method.upper() in allowed:
+                    return template
+                partial = partial or template
+        return partial or UNMATCHED_ROUTE
+
+
 class HttpMetrics:
-    """Counts and times every HTTP request by route template, method and status."""
+    """Counts and times every HTTP request by route template, method and status.
+
+    The router names the route of what it handled (`scope["route"]`); a request answered in
+    front of it is looked up in the app's RouteTable, built on the first such request.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.table: RouteTable | None = None
+
+    def route_of(self, scope: Scope) -> str:
+        route = getattr(scope.get("route"), "path", None)
+        if isinstance(route, str):
+            return route
+        if self.table is None:
+            self.table = RouteTable.of(scope.get("app"))
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        return self.table.label(scope["method"], path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,6 +175,6 @@ class HttpMetrics:
             await self.app(scope, receive, recording_send)
         finally:
             IN_FLIGHT.dec()
-            route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
+            route = self.route_of(scope)
             REQUESTS.labels(scope["method"], route, str(status)).inc()
             REQUEST_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - begin)

@@ -4,8 +4,10 @@ A session-scoped fixture builds the image once per run (`fr-triton:test`; the la
 so a rebuild after a source change only redoes the source and model layers) and reports the build
 time and image size. Containers run with `--network host` and move their ports through the
 environment Docker/start.sh reads. Where no engine answers (no `docker` binary, no permission,
-no daemon) every test here skips and says why; where the base image can be neither found nor
-pulled, Docker/standin-base.sh builds a stand-in from Debian packages first.
+no daemon) every test here skips and says why, unless FRTRITON_REQUIRE_DOCKER=1 (.ci/run sets it
+where Docker is installed and an engine was reached or started): then they fail with the reason.
+Where the base image can be neither found nor pulled, Docker/standin-base.sh builds a stand-in
+from Debian packages first.
 
 Other tests start their own containers with `run_container(image, extra_args=[...], env={...})`,
 e.g. a folder mounted with `-v` and a setting with `-e`:
@@ -28,9 +30,10 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
@@ -47,6 +50,7 @@ LABEL = "fr-triton-test"  # on every container and volume these tests create, fo
 BUILD_TIMEOUT_S = 1800
 READY_S = 60
 STOP_S = 10
+REQUIRE_DOCKER = "FRTRITON_REQUIRE_DOCKER"  # set (not "0"): a missing engine fails the tests instead of skipping
 
 
 # --------------------------------------------------------------------------- the engine
@@ -74,9 +78,21 @@ def engine_problem() -> str | None:
     return None
 
 
+def engine_verdict(problem: str | None, env: Mapping[str, str]) -> tuple[Literal["run", "skip", "fail"], str]:
+    """What the tests do given why no engine can be used (None: one answers) and the environment."""
+    if problem is None:
+        return "run", ""
+    if env.get(REQUIRE_DOCKER, "").strip() not in ("", "0"):
+        return "fail", f"{problem} ({REQUIRE_DOCKER}={env[REQUIRE_DOCKER]}: Docker is installed, these must run)"
+    return "skip", problem
+
+
 def require_engine() -> None:
-    if (problem := engine_problem()) is not None:
-        pytest.skip(problem)
+    verdict, reason = engine_verdict(engine_problem(), os.environ)
+    if verdict == "fail":
+        pytest.fail(reason, pytrace=False)
+    if verdict == "skip":
+        pytest.skip(reason)
 
 
 def base_image() -> str:
