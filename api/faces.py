@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
+from api.bodies import JsonOrFormRoute
 from api.dependencies import FacesDep, LivenessDep, SettingsDep, read_image
 from api.schemas import (
     ERROR_RESPONSES,
@@ -31,7 +32,7 @@ from imaging.draw import (
     encode_png,
 )
 
-router = APIRouter(tags=["faces"])
+router = APIRouter(tags=["faces"], route_class=JsonOrFormRoute)  # images as a form or as JSON
 LivenessQuery = Annotated[
     bool, Query(description="also check every face with the anti-spoofing model (503 when it is not installed)")
 ]
