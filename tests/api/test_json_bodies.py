@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 UPLOAD_LIMIT = 140_000  # t1.jpg is 128,824 bytes, 171,768 in base64
 REQUEST_LIMIT = 600_000  # players.jpg (374,610 bytes) fits in base64 (~500 KB), two of them do not
 IMAGE_ROUTES = ["/detect", "/embedding", "/face-similarity", "/liveness", "/identify", "/identities",
-                "/identities/{identity_id}/faces"]
+                "/identities/{identity_id}/faces", "/embeddings"]
 
 
 def b64(path: Path) -> str:
@@ -151,6 +151,17 @@ def test_the_byte_limit_counts_the_decoded_image_and_the_body_limit_the_json(cli
                                                      "image_b": b64(photo("players.jpg"))})
     assert too_long.status_code == 413
     assert too_long.json() == {"detail": f"request body larger than {REQUEST_LIMIT} bytes"}
+
+
+def test_in_a_batch_an_image_above_the_byte_limit_gets_its_own_413(client) -> None:
+    images = [photo("yaoming.jpg"), photo("players.jpg")]
+    form = client.post("/embeddings", files=[("images", (p.name, p.read_bytes())) for p in images])
+    as_json = client.post("/embeddings", json={"images": [b64(p) for p in images]})
+    assert form.status_code == as_json.status_code == 200
+    for answer, name in ((form, "players.jpg"), (as_json, "images[1]")):
+        first, second = answer.json()["results"]
+        assert set(first) == {"embedding", "face"}
+        assert second == {"error": {"status": 413, "detail": f"{name} is larger than {UPLOAD_LIMIT} bytes"}}
 
 
 @pytest.mark.parametrize("data", [b"", b"GIF89a but not really", b"\xff\xd8\xff\xe0" + b"\0" * 100])
