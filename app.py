@@ -85,7 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=(
             "Face detection (SCRFD), embedding (ArcFace) and comparison; every model runs on "
-            "NVIDIA Triton Inference Server. Upload images as multipart form fields.\n\n"
+            "NVIDIA Triton Inference Server. Upload images as multipart form fields, or send "
+            "`Content-Type: application/json` with the same field names and each image in base64 (or a "
+            "`data:image/...;base64,` URL): each request body documents both.\n\n"
             "The gallery routes (enroll, list, change, delete, identify) need the `X-API-Key` header: "
             "the value of `API_KEY`, or the key the server generated on its first start in `data/api_key` "
             "(beside `GALLERY_DB`). Use **Authorize** to send it from this page."
