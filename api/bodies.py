@@ -60,6 +60,7 @@ class Kind(enum.Enum):
     IMAGES = "a list of images"
     JSON_TEXT = "JSON text, or the JSON value itself"
     VALUE = "a value, validated by the route as a form value is"
+    VALUES = "a list of values"
 
 
 def _is_list(annotation: Any) -> bool:
@@ -78,7 +79,7 @@ def form_fields(dependant: Dependant) -> dict[str, Kind]:
         ):
             kind = Kind.JSON_TEXT
         else:
-            kind = Kind.VALUE
+            kind = Kind.VALUES if _is_list(info.annotation) else Kind.VALUE
         fields[field.alias] = kind
     if not any(kind in (Kind.IMAGE, Kind.IMAGES) for kind in fields.values()):
         return {}
@@ -104,7 +105,7 @@ class BadBody(Exception):
         self.error = error
 
 
-def decode_image(text: str, label: str) -> tuple[bytes, str]:
+def decode_base64(text: str, label: str) -> tuple[bytes, str]:
     """The bytes of one base64 image (plain or a data: URL) and its declared media type.
 
     Raises BadBody(400) naming `label` when it is not base64.
@@ -114,7 +115,7 @@ def decode_image(text: str, label: str) -> tuple[bytes, str]:
         header, comma, text = text[5:].partition(",")
         media, *options = header.split(";")
         if not comma or "base64" not in (o.strip().lower() for o in options):
-            raise BadBody(HTTPException(400, f"{label}: a data URL must be base64 (data:image/jpeg;base64,...)"))
+            raise BadBody(HTTPException(400, f"{label}: not a base64 data URL (data:image/jpeg;base64,...)"))
         media_type = media.strip() or media_type
     compact = "".join(text.split())  # line breaks of MIME-style base64
     if "-" in compact or "_" in compact:
@@ -127,7 +128,7 @@ def decode_image(text: str, label: str) -> tuple[bytes, str]:
 
 
 def _upload(text: str, label: str) -> UploadFile:
-    data, media_type = decode_image(text, label)
+    data, media_type = decode_base64(text, label)
     return UploadFile(io.BytesIO(data), size=len(data), filename=label, headers=Headers({"content-type": media_type}))
 
 
@@ -169,6 +170,8 @@ def form_from_json(body: bytes, fields: dict[str, Kind]) -> FormData:
             items.append((name, _upload(member, f"{name}[0]")))
         elif kind is Kind.JSON_TEXT and not isinstance(member, str):
             items.append((name, json.dumps(member)))
+        elif kind is Kind.VALUES and isinstance(member, list):  # a repeated form field
+            items += [(name, item) for item in member]
         else:
             items.append((name, member))
     return FormData(items)
