@@ -21,20 +21,10 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import faces, gallery, service
+from api.error_status import ERROR_STATUS, status_for
 from api.keys import KeyGuard
 from api.middleware import REQUEST_ID_HEADER, AdmissionQueue, BodySizeLimit, RequestId
-from errors import (
-    ImageTooLarge,
-    InferenceUnavailable,
-    InvalidImage,
-    LivenessUnavailable,
-    ModelRepositoryError,
-    NoFaceDetected,
-    NoUsableFace,
-    SameIdentity,
-)
 from gallery.factory import index_config, open_gallery
-from gallery.store import IdentityNotFound
 from pipeline import FacePipeline
 from settings import Settings
 from telemetry.logs import configure_logging
@@ -49,18 +39,6 @@ from usecases.status import ServiceStatus
 
 log = logging.getLogger("frtriton")
 
-# Every domain error's HTTP status, in one place.
-ERROR_STATUS: dict[type[Exception], int] = {
-    IdentityNotFound: 404,
-    NoUsableFace: 422,
-    SameIdentity: 422,
-    InvalidImage: 400,
-    ImageTooLarge: 413,
-    NoFaceDetected: 422,
-    InferenceUnavailable: 503,
-    LivenessUnavailable: 503,
-    ModelRepositoryError: 503,
-}
 RETRY_AFTER_S = "5"
 UI_DIR = Path(__file__).resolve().parent / "ui"  # the demo page (GET /ui): static files, no build step
 
@@ -107,7 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=(
             "Face detection (SCRFD), embedding (ArcFace) and comparison; every model runs on "
-            "NVIDIA Triton Inference Server. Upload images as multipart form fields.\n\n"
+            "NVIDIA Triton Inference Server. Upload images as multipart form fields, or send "
+            "`Content-Type: application/json` with the same field names and each image in base64 (or a "
+            "`data:image/...;base64,` URL): each request body documents both.\n\n"
             "The gallery routes (enroll, list, change, delete, identify) need the `X-API-Key` header: "
             "the value of `API_KEY`, or the key the server generated on its first start in `data/api_key` "
             "(beside `GALLERY_DB`). Use **Authorize** to send it from this page."
@@ -142,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _install_error_handlers(app: FastAPI) -> None:
     async def domain_error(request: Request, error: Exception) -> JSONResponse:
-        status = next(code for cls, code in ERROR_STATUS.items() if isinstance(error, cls))
+        status = status_for(error)
         headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
         if status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, status, error)

@@ -179,21 +179,45 @@ class FacePipeline:
     ) -> list[tuple[Detections, np.ndarray]]:
         """For each image: its primary face (a 1-face `Detections`) and that face's embedding.
 
-        Raises NoFaceDetected naming (by `labels`) the first image without a face.
+        Raises NoFaceDetected naming (by `labels`) the first image without a face, before any embedding.
         """
-        detections = await self.detect(images)
-        primaries = []
-        for position, (image, found) in enumerate(zip(images, detections, strict=True)):
-            if not len(found):
+        primaries = await self._primary_faces(images)
+        for position, face in enumerate(primaries):
+            if face is None:
                 raise NoFaceDetected(f"no face was detected in {labels[position]}")
-            primaries.append(found.take([primary_face(found.boxes, image.shape[:2])]))
+        embeddings = await self._embed_faces(images, primaries)
+        return [(face, embeddings[i]) for i, face in enumerate(primaries)]
+
+    async def each_primary_embedding(self, images: Sequence[np.ndarray]) -> list[tuple[Detections, np.ndarray] | None]:
+        """As `primary_embeddings`, with None for an image without a face (a batch where each image stands alone).
+
+        One detector call per canvas size and one recognizer call for the primary faces of all images.
+        """
+        primaries = await self._primary_faces(images)
+        found = [(i, face) for i, face in enumerate(primaries) if face is not None]
+        embeddings = await self._embed_faces([images[i] for i, _ in found], [face for _, face in found])
+        out: list[tuple[Detections, np.ndarray] | None] = [None] * len(images)
+        for row, (i, face) in enumerate(found):
+            out[i] = (face, embeddings[row])
+        return out
+
+    async def _primary_faces(self, images: Sequence[np.ndarray]) -> list[Detections | None]:
+        detections = await self.detect(images)
+        return [
+            found.take([primary_face(found.boxes, image.shape[:2])]) if len(found) else None
+            for image, found in zip(images, detections, strict=True)
+        ]
+
+    async def _embed_faces(self, images: Sequence[np.ndarray], faces: Sequence[Detections]) -> np.ndarray:
+        """(N, D) embeddings of one face per image, in one recognizer call."""
+        if not images:
+            return np.zeros((0, 0), np.float32)
         size = await self.crop_size()
-        pairs = list(zip(images, primaries, strict=True))
+        pairs = list(zip(images, faces, strict=True))
         crops = await asyncio.to_thread(
             lambda: np.concatenate([align_faces(image, face.landmarks, size) for image, face in pairs])
         )
-        embeddings = await self.embed(crops)
-        return [(face, embeddings[i]) for i, face in enumerate(primaries)]
+        return await self.embed(crops)
 
     async def has_liveness(self) -> bool:
         """Whether Triton serves the anti-spoofing model (checked until it does, then remembered)."""

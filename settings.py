@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, gt=0, description="whole request body, checked before it is read"
     )
     max_enroll_images: int = Field(default=10, gt=0, description="images per enrollment request")
+    max_batch_images: int = Field(
+        default=32,
+        gt=0,
+        description="images per POST /embeddings request (32: the recognizer's max_batch_size, so one call)",
+    )
     # Back-pressure (middleware.AdmissionQueue), sized on two cores (README, Reliability): 8 slots
     # already give /embedding its full ~40 requests/s, and each request then spends ~8/40 = 0.2 s
     # in the pipeline; 64 waiting are served within 64/40 = 1.6 s, inside the 1.75 s timeout, so

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
+from api.bodies import JsonOrFormRoute
 from api.dependencies import FacesDep, LivenessDep, SettingsDep, read_image
+from api.error_status import status_for
 from api.schemas import (
     ERROR_RESPONSES,
     INCLUDE_ANNOTATED_DESCRIPTION,
@@ -16,11 +18,17 @@ from api.schemas import (
     DetectedFace,
     DetectResponse,
     EmbeddingResponse,
+    EmbeddingsResponse,
+    Error,
+    FailedImage,
+    ImageError,
     LivenessResponse,
     SimilarityResponse,
+    Unprocessable,
     faces_json,
     liveness_json,
 )
+from errors import FaceServiceError
 from imaging.draw import (
     JPEG_MEDIA_TYPE,
     KNOWN_COLOUR,
@@ -30,8 +38,9 @@ from imaging.draw import (
     data_url,
     encode_png,
 )
+from usecases.faces import Embedded
 
-router = APIRouter(tags=["faces"])
+router = APIRouter(tags=["faces"], route_class=JsonOrFormRoute)  # images as a form or as JSON
 LivenessQuery = Annotated[
     bool, Query(description="also check every face with the anti-spoofing model (503 when it is not installed)")
 ]
@@ -89,8 +98,45 @@ async def detect(
 async def embedding(
     faces: FacesDep, settings: SettingsDep, image: Annotated[UploadFile, File(description="photo with a face")]
 ):
-    embedded = await faces.embed(await read_image(image, settings))
+    return embedding_json(await faces.embed(await read_image(image, settings)))
+
+
+def embedding_json(embedded: Embedded) -> EmbeddingResponse:
     return EmbeddingResponse(embedding=[float(v) for v in embedded.embedding], face=faces_json(embedded.face)[0])
+
+
+BATCH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "a JSON body whose image is not base64 (an image that is not a "
+          "decodable image is answered in its place in `results`)"},
+    413: {"model": Error, "description": "more than MAX_BATCH_IMAGES images, or a body above the limit"},
+    422: {"model": Unprocessable, "description": "no images sent, or a field misnamed"},
+    503: ERROR_RESPONSES[503],
+}
+# Swagger's example of the JSON form (the multipart form stays the default); the images are cut short.
+BATCH_JSON_EXAMPLE = {"images": ["/9j/4AAQSkZJRgABAQAAAQABAAD/2wBD", "data:image/png;base64,iVBORw0KGgoAAAANSUhEUg=="]}
+
+
+@router.post(
+    "/embeddings",
+    response_model=EmbeddingsResponse,
+    summary="Embeddings of the main faces of several photos in one call (one bad photo does not fail the others)",
+    responses=BATCH_ERRORS,
+    openapi_extra={"requestBody": {"content": {"application/json": {"example": BATCH_JSON_EXAMPLE}}}},
+)
+async def embeddings(
+    faces: FacesDep,
+    images: Annotated[
+        list[UploadFile], File(description="photos, each embedded as /embedding does (at most MAX_BATCH_IMAGES)")
+    ],
+):
+    results = await faces.embed_each(images)
+    return EmbeddingsResponse(results=[
+        embedding_json(r) if isinstance(r, Embedded) else image_error(r) for r in results
+    ])
+
+
+def image_error(error: FaceServiceError) -> FailedImage:
+    return FailedImage(error=ImageError(status=status_for(error), detail=error.message))
 
 
 @router.post(

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile
 from pydantic import BaseModel, Field
 
+from api.bodies import JSON_TEXT, JsonOrFormRoute
 from api.dependencies import (
     EnrollmentDep,
     IdentificationDep,
@@ -154,7 +155,8 @@ def parse_metadata(text: str | None) -> dict:
 
 
 # --------------------------------------------------------------------------- routes
-router = APIRouter(tags=["gallery"], dependencies=[KeyRequired], responses=KEY_ERRORS)
+# route_class: the routes taking images read them from a multipart form or a JSON body (api/bodies.py)
+router = APIRouter(tags=["gallery"], dependencies=[KeyRequired], responses=KEY_ERRORS, route_class=JsonOrFormRoute)
 
 
 @router.post("/identities", status_code=201, response_model=EnrollResponse,
@@ -163,7 +165,7 @@ async def enroll(
     enrollment: EnrollmentDep,
     name: Annotated[str, Form(min_length=1, max_length=200)],
     images: Images,
-    metadata: Annotated[str | None, Form(description="JSON object")] = None,
+    metadata: Annotated[str | None, Form(description="JSON object", json_schema_extra=JSON_TEXT)] = None,
 ) -> EnrollResponse:
     extra = parse_metadata(metadata)
     return enroll_response(await enrollment.enroll(name, extra, images))

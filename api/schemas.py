@@ -103,6 +103,41 @@ class EmbeddingResponse(BaseModel):
     face: Face
 
 
+class ImageError(BaseModel):
+    status: int = Field(description="the HTTP status a request with this image alone would have got", examples=[422])
+    detail: str = Field(examples=["no face was detected in images[1]"])
+
+
+class FailedImage(BaseModel):
+    """One image of a batch that could not be used; the batch's other images are answered as usual."""
+
+    error: ImageError
+
+
+class EmbeddingsResponse(BaseModel):
+    results: list[EmbeddingResponse | FailedImage] = Field(
+        description="one per image, in the order sent: the main face's embedding, or the error of that image"
+    )
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "results": [
+                        {
+                            "embedding": [0.0213, -0.0472, 0.0339],
+                            "face": {"bbox": [152.1, 96.4, 261.0, 240.3], "score": 0.87, "landmarks": [
+                                [180.2, 152.0], [230.5, 150.9], [206.1, 181.7], [185.7, 207.2], [227.3, 206.0]]},
+                        },
+                        {"error": {"status": 422, "detail": "no face was detected in images[1]"}},
+                        {"error": {"status": 400, "detail": "the uploaded file is not a decodable image"}},
+                    ]
+                }
+            ]
+        }
+    }
+
+
 class SimilarityResponse(BaseModel):
     similarity: float = Field(description="raw cosine similarity in [-1, 1]", examples=[0.63])
     same_person: bool = Field(examples=[True])

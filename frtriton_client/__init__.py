@@ -19,7 +19,9 @@ first start), or the `FRTRITON_API_KEY` environment variable, in that order. The
 (detect, embed, compare) and the probes need none.
 
 Images are given as a path (`str` or `pathlib.Path`), raw bytes, or a binary file object
-opened for reading. Answers are frozen dataclasses whose field names are the JSON keys of the
+opened for reading. They are uploaded as multipart form fields; `send_json=True` sends JSON
+bodies with the images in base64 instead (a third larger: for proxies or gateways that only
+pass JSON; the answers are the same). Answers are frozen dataclasses whose field names are the JSON keys of the
 API. Every error the service reports becomes an `FRTritonError` subclass carrying the HTTP
 status and the service's `detail` message; a service that cannot be reached or does not
 answer in time raises `ServiceUnavailable` too (status `None`).
@@ -47,6 +49,7 @@ from frtriton_client.results import (
     Identification,
     Identity,
     IdentityPage,
+    ImageError,
     Match,
     Rejected,
 )
@@ -63,6 +66,7 @@ __all__ = [
     "Identification",
     "Identity",
     "IdentityPage",
+    "ImageError",
     "ImageInput",
     "InvalidRequest",
     "Match",

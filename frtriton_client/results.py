@@ -41,6 +41,25 @@ class Embedding:
 
 
 @dataclass(frozen=True)
+class ImageError:
+    """An image of a batch the service could not use; the batch's other images were answered."""
+
+    status: int
+    """The HTTP status a request with this image alone would have got (400 not an image, 413 too large,
+    422 no face)."""
+    detail: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageError:
+        return cls(status=int(data["status"]), detail=str(data["detail"]))
+
+
+def embedding_or_error(data: Mapping[str, Any]) -> Embedding | ImageError:
+    """One entry of POST /embeddings' `results`."""
+    return ImageError.from_json(data["error"]) if "error" in data else Embedding.from_json(data)
+
+
+@dataclass(frozen=True)
 class Comparison:
     """The main faces of two photos compared: `same_person` is `similarity >= threshold`."""
 

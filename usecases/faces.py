@@ -7,10 +7,13 @@ Each takes decoded (H, W, 3) RGB images and returns domain results (no HTTP): th
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from errors import FaceServiceError, ImageTooLarge, NoFaceDetected
+from imaging.decode import Upload, read_each
 from pipeline import FacePipeline
 from settings import Settings
 from usecases.liveness import LivenessCheck, Verdict
@@ -70,6 +73,31 @@ class FaceUseCases:
         """Raises NoFaceDetected when the image holds no face."""
         [(face, vector)] = await self.pipeline.primary_embeddings([image])
         return Embedded(face, vector)
+
+    async def embed_each(self, uploads: Sequence[Upload]) -> list[Embedded | FaceServiceError]:
+        """The main face's embedding of every photo, in order; a photo that cannot be used gets its error
+        (not an image, above the limits, no face) in its place and the others are still embedded.
+
+        One detector call per canvas size and one recognizer call for all the photos' main faces.
+        Raises ImageTooLarge, before reading any, for more than MAX_BATCH_IMAGES photos.
+        """
+        limit = self.settings.max_batch_images
+        if len(uploads) > limit:
+            raise ImageTooLarge(f"at most {limit} images per request (MAX_BATCH_IMAGES); {len(uploads)} were sent")
+        settings = self.settings
+        photos = await read_each(uploads, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
+        decoded = [i for i, photo in enumerate(photos) if isinstance(photo, np.ndarray)]
+        found = await self.pipeline.each_primary_embedding([photos[i] for i in decoded]) if decoded else []
+        embedded = dict(zip(decoded, found, strict=True))
+        results: list[Embedded | FaceServiceError] = []
+        for i, photo in enumerate(photos):
+            if isinstance(photo, FaceServiceError):
+                results.append(photo)
+            elif (item := embedded[i]) is None:
+                results.append(NoFaceDetected(f"no face was detected in images[{i}]"))
+            else:
+                results.append(Embedded(*item))
+        return results
 
     async def compare(
         self, image_a: np.ndarray, image_b: np.ndarray, include_aligned: bool = False, liveness: bool = False

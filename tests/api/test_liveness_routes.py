@@ -10,6 +10,7 @@ conftest.py, shared with the demo page's tests. A second Triton on the core mode
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,6 +125,15 @@ def test_similarity_and_identify_carry_liveness_only_when_asked(live_api) -> Non
     assert all(f["identity"] is None for f in faces)  # an empty gallery: unknown, and still null
     unasked = live_api.post("/identify", files={"image": ("t1.jpg", photo("t1.jpg").read_bytes())}).json()
     assert all("liveness" not in f and f["identity"] is None for f in unasked["faces"])
+
+
+@pytest.mark.parametrize(("path", "name"), [("/liveness", "image_T1.jpg"), ("/liveness", "image_F1.jpg"),
+                                             ("/detect?liveness=true", "image_F2.jpg")])
+def test_a_json_body_gets_the_same_liveness_answer_as_the_form(live_api, path: str, name: str) -> None:
+    form = live_api.post(path, files={"image": (name, sample(name))})
+    as_json = live_api.post(path, json={"image": base64.b64encode(sample(name)).decode()})
+    assert form.status_code == 200, form.text
+    assert as_json.content == form.content
 
 
 def test_enrollment_requiring_live_faces_refuses_a_spoof_with_its_score(live_api) -> None:

@@ -16,7 +16,9 @@ from PIL import Image
 from conftest import ApiProcess, photo, unused_port
 from frtriton_client import (
     ConnectionFailed,
+    Embedding,
     FRTritonClient,
+    ImageError,
     InvalidRequest,
     NoFaceDetected,
     NotFound,
@@ -46,6 +48,13 @@ NEVER_ANSWERS_TIMEOUT_S = 0.5
 @pytest.fixture()
 def client(api_server: ApiProcess) -> Iterator[FRTritonClient]:
     with FRTritonClient(api_server.url, api_key=api_server.key, timeout=60) as fr:
+        yield fr
+
+
+@pytest.fixture()
+def json_client(api_server: ApiProcess) -> Iterator[FRTritonClient]:
+    """A client sending JSON bodies with base64 images instead of multipart forms."""
+    with FRTritonClient(api_server.url, api_key=api_server.key, timeout=60, send_json=True) as fr:
         yield fr
 
 
@@ -190,6 +199,41 @@ def test_enroll_identify_update_and_delete_round_trip(client: FRTritonClient) ->
     with pytest.raises(NotFound) as caught:
         client.delete(enrolled.id)
     assert caught.value.status == 404
+
+
+def test_send_json_gets_the_same_answers_as_the_multipart_form(
+    client: FRTritonClient, json_client: FRTritonClient
+) -> None:
+    group, portrait, other = photo("t1.jpg"), photo("yaoming.jpg"), photo("Tom_Hanks_54745.png")
+    assert json_client.detect(group) == client.detect(group)
+    assert json_client.embed(portrait) == client.embed(portrait)
+    assert json_client.compare(portrait, other) == client.compare(portrait, other)
+    assert json_client.embed_batch([portrait, b"junk"]) == client.embed_batch([portrait, b"junk"])
+    name = fresh_name()
+    enrolled = json_client.enroll(name, [portrait, group], metadata={"team": "basketball"})
+    try:
+        assert (enrolled.num_faces, [r.index for r in enrolled.rejected]) == (1, [1])
+        assert json_client.get_identity(enrolled.id).metadata == {"team": "basketball"}
+        assert json_client.add_faces(enrolled.id, portrait).num_faces == 2
+        identified = json_client.identify(portrait, top_k=2, threshold=0.5)
+        assert identified == client.identify(portrait, top_k=2, threshold=0.5)
+        assert identified[0].identity is not None and identified[0].identity.id == enrolled.id
+    finally:
+        json_client.delete(enrolled.id)
+    with pytest.raises(InvalidRequest) as caught:
+        json_client.detect(b"this is not an image")
+    assert (caught.value.status, caught.value.detail) == (400, "the uploaded file is not a decodable image")
+
+
+def test_embed_batch_answers_each_photo_in_order(client: FRTritonClient) -> None:
+    results = client.embed_batch([photo("yaoming.jpg"), b"junk", blank_png(), photo("Tom_Hanks_54745.png")])
+    assert [type(r) for r in results] == [Embedding, ImageError, ImageError, Embedding]
+    assert results[1] == ImageError(400, "the uploaded file is not a decodable image")
+    assert results[2] == ImageError(422, "no face was detected in images[2]")
+    for result, image in ((results[0], photo("yaoming.jpg")), (results[3], photo("Tom_Hanks_54745.png"))):
+        alone = client.embed(image)
+        assert isinstance(result, Embedding) and result.face == alone.face
+        assert max(abs(a - b) for a, b in zip(result.embedding, alone.embedding, strict=True)) < 1e-4
 
 
 def test_an_unknown_identity_raises_not_found(client: FRTritonClient) -> None:

@@ -1,0 +1,37 @@
+"""Every domain error's HTTP status, in one table.
+
+The app's exception handlers answer a request that raised one with this status (`app.py`), and
+a batch answers an image that failed on its own with it (`POST /embeddings`: `{"error": {"status",
+"detail"}}` in that image's place), so both say the same thing for the same mistake.
+"""
+
+from __future__ import annotations
+
+from errors import (
+    ImageTooLarge,
+    InferenceUnavailable,
+    InvalidImage,
+    LivenessUnavailable,
+    ModelRepositoryError,
+    NoFaceDetected,
+    NoUsableFace,
+    SameIdentity,
+)
+from gallery.store import IdentityNotFound
+
+ERROR_STATUS: dict[type[Exception], int] = {
+    IdentityNotFound: 404,
+    NoUsableFace: 422,
+    SameIdentity: 422,
+    InvalidImage: 400,
+    ImageTooLarge: 413,
+    NoFaceDetected: 422,
+    InferenceUnavailable: 503,
+    LivenessUnavailable: 503,
+    ModelRepositoryError: 503,
+}
+
+
+def status_for(error: Exception) -> int:
+    """The HTTP status of a domain error (of one of ERROR_STATUS's classes, or a subclass)."""
+    return next(code for cls, code in ERROR_STATUS.items() if isinstance(error, cls))
