@@ -57,10 +57,7 @@ def enrollment_problem(image: np.ndarray, found: Detections, settings: Settings,
             return f"more than one face ({sizable}): use a photo of the person alone"
     main = primary_face(found.boxes, image.shape[:2])
     crop = align_faces(image, found.landmarks[main : main + 1], crop_size)[0]
-    limits = QualityLimits(
-        settings.enroll_min_face_size, settings.enroll_min_sharpness, settings.enroll_max_yaw, settings.enroll_max_pitch
-    )
-    return quality_problem(face_quality(found.landmarks[main], crop), limits)
+    return quality_problem(face_quality(found.landmarks[main], crop), QualityLimits.from_settings(settings))
 
 
 class Enrollment:

@@ -72,6 +72,15 @@ class QualityLimits:
     max_yaw: float  # degrees, either way
     max_pitch: float  # degrees, either way
 
+    @classmethod
+    def from_settings(cls, settings) -> QualityLimits:
+        """The enrollment gate's limits: ENROLL_MIN_FACE_SIZE, _MIN_SHARPNESS, _MAX_YAW, _MAX_PITCH of a
+        `Settings` (any object with those attributes): one place for enrollment and every face's `quality`."""
+        return cls(
+            settings.enroll_min_face_size, settings.enroll_min_sharpness, settings.enroll_max_yaw,
+            settings.enroll_max_pitch,
+        )
+
 
 def _shown(value: float, limit: float) -> str:
     """value rounded to whole units, or to as many decimals as it takes to differ from limit."""
@@ -82,22 +91,29 @@ def _shown(value: float, limit: float) -> str:
     return text
 
 
-def quality_problem(quality: FaceQuality, limits: QualityLimits) -> str | None:
-    """Why a face should not be enrolled, or None when it passes every check.
+def quality_problems(quality: FaceQuality, limits: QualityLimits) -> list[str]:
+    """Every check a face fails, in the order they are made (size, sharpness, yaw, pitch); [] when it
+    passes them all.
 
-    The first failed check is named with the measured value and the limit; a value on the
-    limit passes.
+    Each names the measured value and the limit; a value on the limit passes.
     """
+    problems = []
     if quality.size < limits.min_size:
-        return f"face too small ({_shown(quality.size, limits.min_size)} px; at least {limits.min_size:g} px)"
+        problems.append(f"face too small ({_shown(quality.size, limits.min_size)} px; at least {limits.min_size:g} px)")
     if quality.sharpness < limits.min_sharpness:
         shown = _shown(quality.sharpness, limits.min_sharpness)
-        return f"face too blurred (sharpness {shown}; at least {limits.min_sharpness:g})"
+        problems.append(f"face too blurred (sharpness {shown}; at least {limits.min_sharpness:g})")
     if abs(quality.yaw) > limits.max_yaw:
         shown = _shown(abs(quality.yaw), limits.max_yaw)
-        return f"face turned too far sideways (yaw {shown}°; at most {limits.max_yaw:g}°)"
+        problems.append(f"face turned too far sideways (yaw {shown}°; at most {limits.max_yaw:g}°)")
     if abs(quality.pitch) > limits.max_pitch:
         way = "down" if quality.pitch > 0 else "up"
         shown = _shown(abs(quality.pitch), limits.max_pitch)
-        return f"face tilted too far {way} (pitch {shown}°; at most {limits.max_pitch:g}°)"
-    return None
+        problems.append(f"face tilted too far {way} (pitch {shown}°; at most {limits.max_pitch:g}°)")
+    return problems
+
+
+def quality_problem(quality: FaceQuality, limits: QualityLimits) -> str | None:
+    """Why a face should not be enrolled: the first of `quality_problems`, or None when it passes every check."""
+    problems = quality_problems(quality, limits)
+    return problems[0] if problems else None
