@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import cv2
@@ -40,6 +41,19 @@ NOT_INSTALLED = (
 )
 
 cv2.setNumThreads(1)  # the API's threads plus Triton share two cores; no nested pools
+
+
+@dataclass(frozen=True)
+class AlignedFaces:
+    """Faces of one image with what the recognizer was given and gave back.
+
+    faces: N faces; crops: (N, S, S, 3) uint8 RGB, each aligned onto the ArcFace template (what was
+    embedded, and what its sharpness is measured on); embeddings: (N, D) unit-norm float32.
+    """
+
+    faces: Detections
+    crops: np.ndarray
+    embeddings: np.ndarray
 
 
 class InferenceBackend(Protocol):
@@ -156,28 +170,28 @@ class FacePipeline:
         height = binding.input_shape[0] if binding.input_shape[-1] == 3 else binding.input_shape[-1]
         return int(height) if height > 0 else ARCFACE_SIZE
 
-    async def faces_with_embeddings(self, images: Sequence[np.ndarray]) -> list[tuple[Detections, np.ndarray]]:
-        """Every face of every image with its embedding: (Detections, (N, D)) per image.
+    async def aligned_faces(self, images: Sequence[np.ndarray]) -> list[AlignedFaces]:
+        """Every face of every image with its aligned crop and embedding.
 
         One detector call per canvas size and one recognizer call for all faces of all images.
         """
         detections = await self.detect(images)
-        size = await self.crop_size()
-        pairs = list(zip(images, detections, strict=True))
-        crops = await asyncio.to_thread(
-            lambda: np.concatenate([align_faces(image, found.landmarks, size) for image, found in pairs])
-        )
-        embeddings = await self.embed(crops)
+        crops, embeddings = await self._embed_faces(images, detections)
         out, start = [], 0
         for found in detections:
-            out.append((found, embeddings[start : start + len(found)]))
-            start += len(found)
+            end = start + len(found)
+            out.append(AlignedFaces(found, crops[start:end], embeddings[start:end]))
+            start = end
         return out
+
+    async def faces_with_embeddings(self, images: Sequence[np.ndarray]) -> list[tuple[Detections, np.ndarray]]:
+        """Every face of every image with its embedding: (Detections, (N, D)) per image (`aligned_faces`)."""
+        return [(aligned.faces, aligned.embeddings) for aligned in await self.aligned_faces(images)]
 
     async def primary_embeddings(
         self, images: Sequence[np.ndarray], labels: Sequence[str] = ("the image",)
-    ) -> list[tuple[Detections, np.ndarray]]:
-        """For each image: its primary face (a 1-face `Detections`) and that face's embedding.
+    ) -> list[AlignedFaces]:
+        """For each image: its primary face (1 face), with its aligned crop and embedding.
 
         Raises NoFaceDetected naming (by `labels`) the first image without a face, before any embedding.
         """
@@ -185,20 +199,20 @@ class FacePipeline:
         for position, face in enumerate(primaries):
             if face is None:
                 raise NoFaceDetected(f"no face was detected in {labels[position]}")
-        embeddings = await self._embed_faces(images, primaries)
-        return [(face, embeddings[i]) for i, face in enumerate(primaries)]
+        crops, embeddings = await self._embed_faces(images, primaries)
+        return [AlignedFaces(face, crops[i : i + 1], embeddings[i : i + 1]) for i, face in enumerate(primaries)]
 
-    async def each_primary_embedding(self, images: Sequence[np.ndarray]) -> list[tuple[Detections, np.ndarray] | None]:
+    async def each_primary_embedding(self, images: Sequence[np.ndarray]) -> list[AlignedFaces | None]:
         """As `primary_embeddings`, with None for an image without a face (a batch where each image stands alone).
 
         One detector call per canvas size and one recognizer call for the primary faces of all images.
         """
         primaries = await self._primary_faces(images)
         found = [(i, face) for i, face in enumerate(primaries) if face is not None]
-        embeddings = await self._embed_faces([images[i] for i, _ in found], [face for _, face in found])
-        out: list[tuple[Detections, np.ndarray] | None] = [None] * len(images)
+        crops, embeddings = await self._embed_faces([images[i] for i, _ in found], [face for _, face in found])
+        out: list[AlignedFaces | None] = [None] * len(images)
         for row, (i, face) in enumerate(found):
-            out[i] = (face, embeddings[row])
+            out[i] = AlignedFaces(face, crops[row : row + 1], embeddings[row : row + 1])
         return out
 
     async def _primary_faces(self, images: Sequence[np.ndarray]) -> list[Detections | None]:
@@ -208,16 +222,19 @@ class FacePipeline:
             for image, found in zip(images, detections, strict=True)
         ]
 
-    async def _embed_faces(self, images: Sequence[np.ndarray], faces: Sequence[Detections]) -> np.ndarray:
-        """(N, D) embeddings of one face per image, in one recognizer call."""
-        if not images:
-            return np.zeros((0, 0), np.float32)
+    async def _embed_faces(
+        self, images: Sequence[np.ndarray], faces: Sequence[Detections]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every face of `faces[i]` aligned in `images[i]`, all in one recognizer call:
+        ((N, S, S, 3) uint8 crops, (N, D) embeddings), N the faces of all images in order."""
+        if not any(len(face) for face in faces):
+            return np.zeros((0, ARCFACE_SIZE, ARCFACE_SIZE, 3), np.uint8), np.zeros((0, 0), np.float32)
         size = await self.crop_size()
         pairs = list(zip(images, faces, strict=True))
         crops = await asyncio.to_thread(
             lambda: np.concatenate([align_faces(image, face.landmarks, size) for image, face in pairs])
         )
-        return await self.embed(crops)
+        return crops, await self.embed(crops)
 
     async def has_liveness(self) -> bool:
         """Whether Triton serves the anti-spoofing model (checked until it does, then remembered)."""

@@ -76,7 +76,7 @@ async def detect(
         jpeg = await asyncio.to_thread(annotated_jpeg, pixels, found.faces, labels, colours)
         if annotate:
             return Response(jpeg, media_type=JPEG_MEDIA_TYPE)
-    shaped = faces_json(found.faces, DetectedFace)
+    shaped = faces_json(found.faces, found.attributes, DetectedFace)
     for face, verdict in zip(shaped, found.liveness or [], strict=False):
         face.liveness = liveness_json(verdict)
     return DetectResponse(
@@ -102,7 +102,9 @@ async def embedding(
 
 
 def embedding_json(embedded: Embedded) -> EmbeddingResponse:
-    return EmbeddingResponse(embedding=[float(v) for v in embedded.embedding], face=faces_json(embedded.face)[0])
+    return EmbeddingResponse(
+        embedding=[float(v) for v in embedded.embedding], face=faces_json(embedded.face, [embedded.attributes])[0]
+    )
 
 
 BATCH_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -165,8 +167,8 @@ async def face_similarity(
         similarity=round(result.similarity, 6),
         same_person=result.same_person,
         threshold=result.threshold,
-        face_a=faces_json(result.face_a)[0],
-        face_b=faces_json(result.face_b)[0],
+        face_a=faces_json(result.face_a, [result.attributes_a])[0],
+        face_b=faces_json(result.face_b, [result.attributes_b])[0],
         aligned_a=aligned[0],
         aligned_b=aligned[1],
         liveness_a=liveness_json(result.liveness_a),

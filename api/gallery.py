@@ -28,9 +28,12 @@ from api.schemas import (
     ANNOTATED_FIELD_DESCRIPTION,
     INCLUDE_ANNOTATED_DESCRIPTION,
     OPENAPI_JPEG_RESPONSE,
+    EnrollmentQuality,
     Error,
+    HeadPose,
     Liveness,
     Unprocessable,
+    attributes_json,
     liveness_json,
 )
 from gallery.store import Identity, Match
@@ -100,6 +103,8 @@ class IdentifiedFace(BaseModel):
     score: float
     identity: MatchOut | None = Field(description="the best match, or null (unknown) below the threshold")
     matches: list[MatchOut]
+    pose: HeadPose
+    quality: EnrollmentQuality = Field(description="would enrollment take this face (as /detect answers)")
     liveness: Liveness | None = Field(default=None, description="only with liveness=true")
 
 
@@ -247,6 +252,7 @@ async def identify(
             score=round(face.score, 4),
             identity=match_out(face.identity) if face.identity else None,
             matches=[match_out(m) for m in face.matches],
+            **attributes_json(face.attributes),
         )
         if liveness:
             shaped.liveness = liveness_json(face.liveness)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from imaging.draw import JPEG_MEDIA_TYPE
 from usecases.liveness import Verdict
+from vision.attributes import FaceAttributes
 from vision.detections import Detections
 
 
@@ -59,6 +61,72 @@ class Face(BaseModel):
     )
 
 
+class HeadPose(BaseModel):
+    """Head pose in degrees from the five landmarks fitted to a 3D face model; 0 is the pose of the
+    ArcFace alignment template (frontal)."""
+
+    yaw: float = Field(
+        description="degrees, turned sideways: positive when the nose moves towards the image's right (the person "
+        "turns to their own left), 0 frontal, ±90 a profile; enrollment allows ±ENROLL_MAX_YAW (60)",
+        examples=[-4.215],
+    )
+    pitch: float = Field(
+        description="degrees, tilted: positive looking down, negative looking up; enrollment allows "
+        "±ENROLL_MAX_PITCH (45). From five landmarks, looking down saturates near +36",
+        examples=[2.531],
+    )
+    roll: float = Field(
+        description="degrees, tilted in the image plane: positive clockwise on screen (the eye on the image's right "
+        "lower); not checked, since alignment rotates it away",
+        examples=[-1.302],
+    )
+
+
+class EnrollmentQuality(BaseModel):
+    """Would enrollment take this face? Measured as the enrollment gate measures (README, Enrollment quality)."""
+
+    sharpness: float = Field(
+        description="variance of the Laplacian of the grey 112x112 aligned crop (the crop the recognizer embeds); "
+        "enrollment wants at least ENROLL_MIN_SHARPNESS (20)",
+        examples=[139.214],
+    )
+    face_size: float = Field(
+        description="side in image pixels of the square the aligned crop covers (from all five landmarks); "
+        "enrollment wants at least ENROLL_MIN_FACE_SIZE (40)",
+        examples=[158.906],
+    )
+    enrollable: bool = Field(
+        description="the face passes every check enrollment makes of a face (size, sharpness, yaw, pitch): "
+        "`reasons` is empty. The face alone is judged: enrollment also refuses a photo in which no face is "
+        "clearly the subject (a group photo), and, when so configured, a second face of enrollable size "
+        "(ENROLL_SINGLE_FACE_ONLY) or a spoof (ENROLL_REQUIRE_LIVE)",
+        examples=[True],
+    )
+    reasons: list[str] = Field(
+        description="every check the face fails, in the order enrollment makes them, worded as enrollment words "
+        "them (it refuses the photo with the first), e.g. \"face too small (19 px; at least 40 px)\", "
+        "\"face too blurred (sharpness 12; at least 20)\"; empty when enrollable",
+        examples=[[]],
+    )
+
+
+def attributes_json(attributes: FaceAttributes) -> dict[str, Any]:
+    """A face's `pose` and `quality` as the API shows them (numbers to 3 decimals)."""
+    shown = attributes.quality.as_dict()
+    return {
+        "pose": HeadPose(yaw=shown["yaw"], pitch=shown["pitch"], roll=shown["roll"]),
+        "quality": EnrollmentQuality(sharpness=shown["sharpness"], face_size=shown["size"],
+                                     enrollable=attributes.enrollable, reasons=list(attributes.reasons)),
+    }
+
+
+class MeasuredFace(Face):
+    """A face with its head pose and whether it would pass the enrollment gate."""
+
+    pose: HeadPose
+    quality: EnrollmentQuality
+
+
 class Liveness(BaseModel):
     real_score: float = Field(description="mean over the anti-spoofing networks of P(real), in [0, 1]",
                               examples=[0.97])
@@ -69,18 +137,24 @@ def liveness_json(verdict: Verdict | None) -> Liveness | None:
     return None if verdict is None else Liveness(real_score=verdict.real_score, is_real=verdict.is_real)
 
 
-class DetectedFace(Face):
+class DetectedFace(MeasuredFace):
     liveness: Liveness | None = Field(default=None, description="only with liveness=true")
 
 
-def faces_json(found: Detections, model: type[Face] = Face) -> list:
+def faces_json(
+    found: Detections, attributes: Sequence[FaceAttributes] | None = None, model: type[Face] | None = None
+) -> list:
+    """Each face as the API shows it: a `Face`, or with `attributes` (one per face) a `MeasuredFace`."""
+    model = model or (Face if attributes is None else MeasuredFace)
+    extras = [{}] * len(found) if attributes is None else [attributes_json(a) for a in attributes]
     return [
         model(
             bbox=[round(float(v), 2) for v in box],
             score=round(float(score), 4),
             landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in points],
+            **extra,
         )
-        for box, score, points in zip(found.boxes, found.scores, found.landmarks, strict=True)
+        for box, score, points, extra in zip(found.boxes, found.scores, found.landmarks, extras, strict=True)
     ]
 
 
@@ -100,7 +174,7 @@ class DetectResponse(BaseModel):
 
 class EmbeddingResponse(BaseModel):
     embedding: list[float] = Field(description="L2-normalised face embedding (512 floats)")
-    face: Face
+    face: MeasuredFace
 
 
 class ImageError(BaseModel):
@@ -126,8 +200,13 @@ class EmbeddingsResponse(BaseModel):
                     "results": [
                         {
                             "embedding": [0.0213, -0.0472, 0.0339],
-                            "face": {"bbox": [152.1, 96.4, 261.0, 240.3], "score": 0.87, "landmarks": [
-                                [180.2, 152.0], [230.5, 150.9], [206.1, 181.7], [185.7, 207.2], [227.3, 206.0]]},
+                            "face": {
+                                "bbox": [152.1, 96.4, 261.0, 240.3], "score": 0.87, "landmarks": [
+                                    [180.2, 152.0], [230.5, 150.9], [206.1, 181.7], [185.7, 207.2], [227.3, 206.0]],
+                                "pose": {"yaw": -4.215, "pitch": 2.531, "roll": -1.302},
+                                "quality": {"sharpness": 139.214, "face_size": 158.906, "enrollable": True,
+                                            "reasons": []},
+                            },
                         },
                         {"error": {"status": 422, "detail": "no face was detected in images[1]"}},
                         {"error": {"status": 400, "detail": "the uploaded file is not a decodable image"}},
@@ -142,8 +221,8 @@ class SimilarityResponse(BaseModel):
     similarity: float = Field(description="raw cosine similarity in [-1, 1]", examples=[0.63])
     same_person: bool = Field(examples=[True])
     threshold: float = Field(description="similarity >= threshold means the same person", examples=[0.25])
-    face_a: Face
-    face_b: Face
+    face_a: MeasuredFace
+    face_b: MeasuredFace
     aligned_a: str | None = Field(
         default=None,
         description="only with include_aligned=true: the aligned crop of face_a that the model embedded, "

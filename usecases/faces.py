@@ -1,7 +1,10 @@
 """Use cases on faces without the gallery: find them, embed the main one, compare two photos.
 
 Each takes decoded (H, W, 3) RGB images and returns domain results (no HTTP): the routes in
-`api/faces.py` parse the request, call one of these and shape the answer.
+`api/faces.py` parse the request, call one of these and shape the answer. Every face comes with
+its attributes (`vision.attributes`: head pose, size, sharpness, and the enrollment checks it
+fails), measured on the crop the recognizer embedded; `detect`, which embeds nothing, aligns
+each face for it.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import numpy as np
 
 from errors import FaceServiceError, ImageTooLarge, NoFaceDetected
 from imaging.decode import Upload, read_each
-from pipeline import FacePipeline
+from pipeline import AlignedFaces, FacePipeline
 from settings import Settings
 from usecases.liveness import LivenessCheck, Verdict
-from vision.alignment import align_faces, cosine_similarity
+from vision.alignment import cosine_similarity
+from vision.attributes import FaceAttributes, face_attributes, image_face_attributes
 from vision.detections import Detections
+from vision.quality import QualityLimits
 
 
 @dataclass(frozen=True)
@@ -27,15 +32,17 @@ class FoundFaces:
 
     faces: Detections
     capped: bool
+    attributes: list[FaceAttributes]  # one per face
     liveness: list[Verdict] | None = None  # one per face, only when asked for
 
 
 @dataclass(frozen=True)
 class Embedded:
-    """The main face of one image (a 1-face `Detections`) and its (D,) unit embedding."""
+    """The main face of one image (a 1-face `Detections`), its (D,) unit embedding and attributes."""
 
     face: Detections
     embedding: np.ndarray
+    attributes: FaceAttributes
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,8 @@ class Comparison:
     threshold: float
     face_a: Detections
     face_b: Detections
+    attributes_a: FaceAttributes
+    attributes_b: FaceAttributes
     aligned_a: np.ndarray | None = None
     aligned_b: np.ndarray | None = None
     liveness_a: Verdict | None = None  # only when asked for
@@ -60,19 +69,32 @@ class FaceUseCases:
         self.pipeline = pipeline
         self.liveness = liveness
         self.settings = settings
+        self.limits = QualityLimits.from_settings(settings)
 
     async def detect(self, image: np.ndarray, liveness: bool = False) -> FoundFaces:
-        """Every face; with `liveness` each face's verdict too (LivenessUnavailable when not installed)."""
+        """Every face with its attributes (each face aligned for them); with `liveness` each face's
+        verdict too (LivenessUnavailable when not installed)."""
         if liveness:
             await self.pipeline.require_liveness()
         [found] = await self.pipeline.detect([image])
+        attributes = []
+        if len(found):
+            size = await self.pipeline.crop_size()
+            attributes = await asyncio.to_thread(image_face_attributes, image, found.landmarks, size, self.limits)
         verdicts = (await self.liveness.verdicts([image], [found]))[0] if liveness else None
-        return FoundFaces(found, capped=len(found) >= self.settings.max_faces, liveness=verdicts)
+        return FoundFaces(found, len(found) >= self.settings.max_faces, attributes, verdicts)
+
+    async def measured(self, aligned: Sequence[AlignedFaces]) -> list[list[FaceAttributes]]:
+        """The attributes of every face of each `AlignedFaces`, from the crops already embedded."""
+        return await asyncio.to_thread(
+            lambda: [face_attributes(a.faces.landmarks, a.crops, self.limits) for a in aligned]
+        )
 
     async def embed(self, image: np.ndarray) -> Embedded:
         """Raises NoFaceDetected when the image holds no face."""
-        [(face, vector)] = await self.pipeline.primary_embeddings([image])
-        return Embedded(face, vector)
+        [aligned] = await self.pipeline.primary_embeddings([image])
+        [[attributes]] = await self.measured([aligned])
+        return Embedded(aligned.faces, aligned.embeddings[0], attributes)
 
     async def embed_each(self, uploads: Sequence[Upload]) -> list[Embedded | FaceServiceError]:
         """The main face's embedding of every photo, in order; a photo that cannot be used gets its error
@@ -89,6 +111,7 @@ class FaceUseCases:
         decoded = [i for i, photo in enumerate(photos) if isinstance(photo, np.ndarray)]
         found = await self.pipeline.each_primary_embedding([photos[i] for i in decoded]) if decoded else []
         embedded = dict(zip(decoded, found, strict=True))
+        attributes = iter(await self.measured([item for item in found if item is not None]))  # in photo order
         results: list[Embedded | FaceServiceError] = []
         for i, photo in enumerate(photos):
             if isinstance(photo, FaceServiceError):
@@ -96,7 +119,8 @@ class FaceUseCases:
             elif (item := embedded[i]) is None:
                 results.append(NoFaceDetected(f"no face was detected in images[{i}]"))
             else:
-                results.append(Embedded(*item))
+                [measured] = next(attributes)
+                results.append(Embedded(item.faces, item.embeddings[0], measured))
         return results
 
     async def compare(
@@ -105,17 +129,13 @@ class FaceUseCases:
         """Cosine of the two main faces against SIMILARITY_THRESHOLD; raises NoFaceDetected naming the image."""
         if liveness:
             await self.pipeline.require_liveness()
-        (face_a, vec_a), (face_b, vec_b) = await self.pipeline.primary_embeddings(
-            [image_a, image_b], labels=("image_a", "image_b")
-        )
-        similarity = cosine_similarity(vec_a, vec_b)
-        aligned: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
-        if include_aligned:
-            size = await self.pipeline.crop_size()
-            pairs = ((image_a, face_a), (image_b, face_b))
-            aligned = await asyncio.to_thread(lambda: tuple(align_faces(i, f.landmarks, size)[0] for i, f in pairs))
+        a, b = await self.pipeline.primary_embeddings([image_a, image_b], labels=("image_a", "image_b"))
+        similarity = cosine_similarity(a.embeddings[0], b.embeddings[0])
+        [[attributes_a], [attributes_b]] = await self.measured([a, b])
+        aligned = (a.crops[0], b.crops[0]) if include_aligned else (None, None)  # the crops embedded
         verdicts = [None, None]
         if liveness:
-            verdicts = [v for [v] in await self.liveness.verdicts([image_a, image_b], [face_a, face_b])]
+            verdicts = [v for [v] in await self.liveness.verdicts([image_a, image_b], [a.faces, b.faces])]
         threshold = self.settings.similarity_threshold
-        return Comparison(similarity, similarity >= threshold, threshold, face_a, face_b, *aligned, *verdicts)
+        return Comparison(similarity, similarity >= threshold, threshold, a.faces, b.faces, attributes_a,
+                          attributes_b, *aligned, *verdicts)

@@ -1,4 +1,8 @@
-"""Use case: name every face of a photo from the gallery, or call it unknown."""
+"""Use case: name every face of a photo from the gallery, or call it unknown.
+
+Every face also gets its attributes (`vision.attributes`: head pose, size, sharpness, the
+enrollment checks it fails), measured on the crop the recognizer embedded.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from gallery.store import Gallery, Match
 from pipeline import FacePipeline
 from settings import Settings
 from usecases.liveness import LivenessCheck, Verdict
+from vision.attributes import FaceAttributes, face_attributes
 from vision.detections import Detections
+from vision.quality import QualityLimits
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,7 @@ class IdentifiedFace:
     score: float
     identity: Match | None  # the best match when it reaches the threshold, else None (unknown)
     matches: list[Match]  # the top_k nearest people, best first
+    attributes: FaceAttributes
     liveness: Verdict | None = None  # only when asked for
 
 
@@ -36,6 +43,7 @@ class Identification:
         self.gallery = gallery
         self.liveness = liveness
         self.settings = settings
+        self.limits = QualityLimits.from_settings(settings)
 
     async def identify(
         self, image: np.ndarray, top_k: int, threshold: float | None = None, liveness: bool = False
@@ -47,11 +55,15 @@ class Identification:
         cut = self.settings.identify_threshold if threshold is None else threshold
         if liveness:
             await self.pipeline.require_liveness()
-        [(found, embeddings)] = await self.pipeline.faces_with_embeddings([image])
-        candidates = await asyncio.to_thread(self.gallery.search, embeddings, top_k) if len(found) else []
+        [aligned] = await self.pipeline.aligned_faces([image])
+        found = aligned.faces
+        candidates = await asyncio.to_thread(self.gallery.search, aligned.embeddings, top_k) if len(found) else []
+        attributes = await asyncio.to_thread(face_attributes, found.landmarks, aligned.crops, self.limits)
         verdicts = (await self.liveness.verdicts([image], [found]))[0] if liveness else [None] * len(found)
         identified = []
-        for box, score, matches, verdict in zip(found.boxes, found.scores, candidates, verdicts, strict=True):
+        for box, score, matches, measured, verdict in zip(
+            found.boxes, found.scores, candidates, attributes, verdicts, strict=True
+        ):
             best = matches[0] if matches and matches[0].similarity >= cut else None
-            identified.append(IdentifiedFace(box, float(score), best, matches, verdict))
+            identified.append(IdentifiedFace(box, float(score), best, matches, measured, verdict))
         return Identified(found, cut, identified)
