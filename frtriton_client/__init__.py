@@ -12,6 +12,8 @@ can be copied into another code base as is.
         ada = client.enroll("Ada Lovelace", ["ada1.jpg", "ada2.jpg"], metadata={"team": "math"})
         for face in client.identify("meeting.jpg"):
             print(face.bbox, face.identity.name if face.identity else "unknown")
+        for face in client.detect("group.jpg"):
+            print(face.pose.yaw, face.quality.enrollable, face.quality.reasons)
 
 The gallery methods (enroll, identify, list, update, merge, delete) need the service's API key:
 `api_key="..."`, `api_key_file=` a file holding it (the service writes `data/api_key` on its
@@ -45,7 +47,9 @@ from frtriton_client.results import (
     Comparison,
     Embedding,
     Enrollment,
+    EnrollmentQuality,
     Face,
+    HeadPose,
     Identification,
     Identity,
     IdentityPage,
@@ -60,9 +64,11 @@ __all__ = [
     "ConnectionFailed",
     "Embedding",
     "Enrollment",
+    "EnrollmentQuality",
     "FRTritonClient",
     "FRTritonError",
     "Face",
+    "HeadPose",
     "Identification",
     "Identity",
     "IdentityPage",

@@ -8,6 +8,54 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class HeadPose:
+    """A face's head pose in degrees; 0 is frontal (the pose of the ArcFace alignment template)."""
+
+    yaw: float
+    """Turned sideways: positive when the nose moves towards the image's right, ±90 a profile."""
+    pitch: float
+    """Tilted: positive looking down, negative looking up."""
+    roll: float
+    """Tilted in the image plane: positive clockwise on screen."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HeadPose:
+        return cls(yaw=float(data["yaw"]), pitch=float(data["pitch"]), roll=float(data["roll"]))
+
+
+@dataclass(frozen=True)
+class EnrollmentQuality:
+    """Would enrollment take this face? Measured as the service's enrollment gate measures."""
+
+    sharpness: float
+    """Variance of the Laplacian of the grey 112x112 aligned crop (enrollment: at least ENROLL_MIN_SHARPNESS)."""
+    face_size: float
+    """Side in image pixels of the square the aligned crop covers (enrollment: at least ENROLL_MIN_FACE_SIZE)."""
+    enrollable: bool
+    """The face passes every check enrollment makes of a face: `reasons` is empty. (Enrollment also
+    refuses a photo in which no face is clearly the subject.)"""
+    reasons: tuple[str, ...]
+    """Every check the face fails, worded as enrollment words them; enrollment names the first."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EnrollmentQuality:
+        return cls(
+            sharpness=float(data["sharpness"]),
+            face_size=float(data["face_size"]),
+            enrollable=bool(data["enrollable"]),
+            reasons=tuple(str(r) for r in data["reasons"]),
+        )
+
+
+def _pose(data: Mapping[str, Any]) -> HeadPose | None:
+    return HeadPose.from_json(data["pose"]) if data.get("pose") is not None else None
+
+
+def _quality(data: Mapping[str, Any]) -> EnrollmentQuality | None:
+    return EnrollmentQuality.from_json(data["quality"]) if data.get("quality") is not None else None
+
+
+@dataclass(frozen=True)
 class Face:
     """One detected face, in pixels of the image as displayed (EXIF orientation applied)."""
 
@@ -17,6 +65,10 @@ class Face:
     """Detector confidence in [0, 1]."""
     landmarks: tuple[tuple[float, float], ...]
     """Left eye, right eye, nose tip, left and right mouth corners as (x, y)."""
+    pose: HeadPose | None = None
+    """None from a service that does not send it (before face attributes), and on /liveness."""
+    quality: EnrollmentQuality | None = None
+    """None from a service that does not send it (before face attributes), and on /liveness."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Face:
@@ -25,6 +77,8 @@ class Face:
             bbox=(x1, y1, x2, y2),
             score=float(data["score"]),
             landmarks=tuple((float(x), float(y)) for x, y in data["landmarks"]),
+            pose=_pose(data),
+            quality=_quality(data),
         )
 
 
@@ -104,6 +158,10 @@ class Identification:
     """The best match when it reaches the threshold, else None (unknown)."""
     matches: tuple[Match, ...]
     """Up to `top_k` nearest people, best first, whatever the threshold."""
+    pose: HeadPose | None = None
+    """None from a service that does not send it (before face attributes)."""
+    quality: EnrollmentQuality | None = None
+    """None from a service that does not send it (before face attributes)."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Identification:
@@ -114,6 +172,8 @@ class Identification:
             score=float(data["score"]),
             identity=Match.from_json(identity) if identity is not None else None,
             matches=tuple(Match.from_json(m) for m in data["matches"]),
+            pose=_pose(data),
+            quality=_quality(data),
         )
 
 

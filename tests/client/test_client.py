@@ -17,7 +17,9 @@ from conftest import ApiProcess, photo, unused_port
 from frtriton_client import (
     ConnectionFailed,
     Embedding,
+    EnrollmentQuality,
     FRTritonClient,
+    HeadPose,
     ImageError,
     InvalidRequest,
     NoFaceDetected,
@@ -84,6 +86,20 @@ def test_detect_finds_the_six_faces_of_the_group_photo_with_five_landmarks_each(
         assert len(face.landmarks) == LANDMARKS_PER_FACE
         # the eyes and the nose of a detected face lie inside its box
         assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in face.landmarks[:3])
+
+
+def test_every_face_carries_its_pose_and_whether_enrollment_would_take_it(
+    client: FRTritonClient, json_client: FRTritonClient
+) -> None:
+    faces = client.detect(photo("t1.jpg"))
+    assert all(isinstance(f.pose, HeadPose) and isinstance(f.quality, EnrollmentQuality) for f in faces)
+    assert all(f.quality.enrollable == (f.quality.reasons == ()) for f in faces)
+    main = client.embed(photo("t1.jpg")).face
+    assert main in faces  # the same face, pose and quality included
+    assert [(f.bbox, f.pose, f.quality) for f in client.identify(photo("t1.jpg"))] == [
+        (f.bbox, f.pose, f.quality) for f in faces]
+    assert client.compare(photo("t1.jpg"), photo("yaoming.jpg")).face_a == main
+    assert json_client.detect(photo("t1.jpg")) == faces
 
 
 def test_embed_returns_a_unit_length_512_float_vector(client: FRTritonClient) -> None:
