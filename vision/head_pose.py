@@ -138,7 +138,11 @@ def fit_pose(
     cost = float(error @ error)
     for _ in range(_ITERATIONS):
         normal = jacobian.T @ jacobian
-        step = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-9), -jacobian.T @ error)
+        # cv2.solve, not np.linalg.solve (the same steps to 1e-13 degrees): a 6x6 system through a
+        # multi-threaded OpenBLAS cost 15 µs of CPU against 2.5 single-threaded when the cores were busy
+        # (a pose 1.1 ms instead of 0.3), and every face of every answer has its pose fitted
+        damped = normal + damping * np.diag(np.diag(normal) + 1e-9)
+        step = cv2.solve(damped, -jacobian.T @ error, flags=cv2.DECOMP_LU)[1].ravel()
         candidate = params + step
         new_error, new_jacobian = residuals(candidate)
         new_cost = float(new_error @ new_error)
