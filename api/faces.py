@@ -53,7 +53,7 @@ def png_data_url(crop) -> str:
 @router.post(
     "/detect",
     response_model=DetectResponse,
-    summary="Find every face: box, score and five landmarks",
+    summary="Find every face: box, score, five landmarks, head pose and enrollment quality",
     responses={**LIVENESS_ERROR_RESPONSES, **OPENAPI_JPEG_RESPONSE},
     response_model_exclude_none=True,  # capped/max_faces/liveness only when there
 )
