@@ -11,8 +11,12 @@ Schema migrations run under an advisory lock, so replicas may start together.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,8 +26,19 @@ from psycopg.types.json import Jsonb
 
 from gallery.store import EMBEDDING_DIM, SCORINGS, Identity, IdentityNotFound, Match, as_vectors, new_id, now
 
+log = logging.getLogger("frtriton")
+
 MIGRATION_LOCK = 0x46525452  # "FRTR": pg_advisory_xact_lock key for schema changes
 BEST_SAMPLE_FANOUT = 10  # best-sample search reads this many nearest samples per wanted person
+
+# create_many: below BULK_REBUILD_MIN_FACES new faces, or when they are fewer than
+# BULK_REBUILD_RATIO x the faces already stored, rows go into the existing HNSW indexes;
+# otherwise the HNSW indexes are dropped and built once after the COPY (measured: README,
+# "PostgreSQL at a million faces"; benchmarks/pg_scale.py).
+BULK_REBUILD_MIN_FACES = 1_000
+BULK_REBUILD_RATIO = 0.5
+HNSW_INDEXES = ("faces_hnsw", "identities_hnsw")
+HNSW_BYTES_PER_ROW = 3 * 1024  # in-memory HNSW build: the vector plus its neighbour lists (m=16), with margin
 
 MIGRATIONS: list[str] = [
     f"""
@@ -56,11 +71,18 @@ IDENTITY_SQL = (
 
 
 class PgGallery:
-    def __init__(self, url: str, scoring: str = "centroid") -> None:
+    def __init__(
+        self, url: str, scoring: str = "centroid", *, bulk_memory_mb: int = 4096, bulk_workers: int | None = None
+    ) -> None:
+        """`bulk_memory_mb` caps create_many's maintenance_work_mem for an HNSW rebuild, `bulk_workers`
+        sets its max_parallel_maintenance_workers (None: the server's setting)."""
         if scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}")
         self.url = url
         self.scoring = scoring
+        self.bulk_memory_mb = bulk_memory_mb
+        self.bulk_workers = bulk_workers
+        self.last_bulk_load: dict | None = None  # create_many's last load: sizes, path taken, seconds per phase
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
         self._migrate()
@@ -141,6 +163,39 @@ class PgGallery:
             [(identity_id, vector, stamp) for vector in as_vectors(embeddings)],
         )
 
+    def _should_rebuild(self, cursor: psycopg.Cursor, new_faces: int) -> bool:
+        if new_faces < BULK_REBUILD_MIN_FACES:
+            return False
+        cursor.execute("SELECT COUNT(*) FROM faces")
+        return new_faces >= BULK_REBUILD_RATIO * cursor.fetchone()[0]
+
+    @staticmethod
+    def _drop_hnsw_indexes(cursor: psycopg.Cursor) -> list[str]:
+        """Drop the HNSW indexes; returns their definitions (as the schema has them) to build them again."""
+        # Lock in create()'s order (identities, then faces): a concurrent create() waits instead of deadlocking.
+        cursor.execute("LOCK TABLE identities, faces IN ACCESS EXCLUSIVE MODE")
+        cursor.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND indexname = ANY(%s)",
+            (list(HNSW_INDEXES),),
+        )
+        found = dict(cursor.fetchall())
+        for name in found:
+            cursor.execute(f"DROP INDEX {name}")
+        return [found[name] for name in HNSW_INDEXES if name in found]
+
+    def _build_hnsw_indexes(self, cursor: psycopg.Cursor, definitions: list[str]) -> None:
+        cursor.execute("SELECT (SELECT COUNT(*) FROM faces), (SELECT COUNT(*) FROM identities)")
+        rows = max(cursor.fetchone())
+        memory_mb = min(self.bulk_memory_mb, 64 + rows * HNSW_BYTES_PER_ROW // 2**20)
+        cursor.execute(f"SET LOCAL maintenance_work_mem = '{int(memory_mb)}MB'")
+        if self.bulk_workers is not None:
+            cursor.execute(f"SET LOCAL max_parallel_maintenance_workers = {int(self.bulk_workers)}")
+        for definition in definitions:
+            log.info("create_many: %s (maintenance_work_mem %d MB)", definition, memory_mb)
+            cursor.execute(definition)
+        cursor.execute("ANALYZE identities")
+        cursor.execute("ANALYZE faces")
+
     # ---- the Gallery interface
     def create(self, name: str, metadata: dict, embeddings: np.ndarray) -> Identity:
         identity_id, stamp = new_id(), now()
@@ -155,6 +210,55 @@ class PgGallery:
             return self._identity(cursor, identity_id)
 
         return self._run(operation)
+
+    def create_many(
+        self, people: Sequence[tuple[str, dict, np.ndarray]], *, rebuild_indexes: bool | None = None
+    ) -> list[Identity]:
+        """Create many people in one transaction (all or none): the same rows as create() for each.
+
+        Identities (with their centroids, computed here) and faces go in by binary COPY. When
+        the new faces are many next to those stored (`BULK_REBUILD_*`; `rebuild_indexes`
+        overrides), the HNSW indexes are dropped first and built once at the end, with
+        `maintenance_work_mem` sized to the graph (at most `bulk_memory_mb`): the tables are
+        then locked (ACCESS EXCLUSIVE) until the commit, so searches of other connections wait.
+        """
+        people = list(people)
+        if not people:
+            return []
+        new_faces = sum(np.asarray(embeddings).size // EMBEDDING_DIM for _, _, embeddings in people)
+        ids = [new_id() for _ in people]
+        stamps = _increasing_stamps(len(people))
+
+        load: dict = {"people": len(people), "faces": new_faces}
+
+        def operation(cursor):
+            started = time.perf_counter()
+            rebuild = self._should_rebuild(cursor, new_faces) if rebuild_indexes is None else rebuild_indexes
+            definitions = self._drop_hnsw_indexes(cursor) if rebuild else []
+            made = []
+            with cursor.copy(
+                "COPY identities (id, name, metadata, centroid, created_at, updated_at) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["text", "text", "jsonb", "vector", "text", "text"])
+                for identity_id, stamp, (name, metadata, embeddings) in zip(ids, stamps, people, strict=True):
+                    vectors = as_vectors(embeddings)
+                    copy.write_row((identity_id, name, Jsonb(metadata), _centroid(vectors), stamp, stamp))
+                    made.append(Identity(identity_id, name, json.loads(json.dumps(metadata)), len(vectors), stamp))
+            with cursor.copy("COPY faces (identity_id, embedding, created_at) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "vector", "text"])
+                for identity_id, stamp, (_, _, embeddings) in zip(ids, stamps, people, strict=True):
+                    for vector in as_vectors(embeddings):
+                        copy.write_row((identity_id, vector, stamp))
+            copied = time.perf_counter()
+            log.info("create_many: copied %d people, %d faces in %.1f s", len(people), new_faces, copied - started)
+            if definitions:
+                self._build_hnsw_indexes(cursor, definitions)
+            load.update(rebuilt_indexes=bool(rebuild), copy_s=copied - started, index_s=time.perf_counter() - copied)
+            return made
+
+        made = self._run(operation)
+        self.last_bulk_load = load
+        return made
 
     def add_faces(self, identity_id: str, embeddings: np.ndarray) -> Identity:
         def operation(cursor):
@@ -255,3 +359,17 @@ class PgGallery:
         with self._lock:
             if self._conn is not None and not self._conn.closed:
                 self._conn.close()
+
+
+def _centroid(vectors: np.ndarray) -> np.ndarray | None:
+    """The l2-normalised mean, as create() stores it (l2_normalize(AVG(embedding))); None without samples."""
+    if len(vectors) == 0:
+        return None
+    mean = vectors.mean(axis=0, dtype=np.float64)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
+def _increasing_stamps(count: int) -> list[str]:
+    """`count` creation times, strictly increasing from now: list() keeps create_many's order."""
+    start = dt.datetime.now(dt.UTC)
+    return [(start + dt.timedelta(microseconds=i)).isoformat(timespec="microseconds") for i in range(count)]
