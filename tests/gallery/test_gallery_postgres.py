@@ -112,14 +112,12 @@ def test_create_many_that_rebuilds_leaves_both_hnsw_indexes_in_place_and_used(
         invalid = conn.execute("SELECT COUNT(*) FROM pg_index WHERE NOT indisvalid").fetchone()[0]
         probe = "[" + ",".join(map(str, centres[0])) + "]"
         conn.execute("SET enable_seqscan = off")  # a tiny table: ask whether the index *can* serve the query
+        orders = ("centroid <=> %s::vector", "embedding::halfvec(512) <=> %s::vector::halfvec(512)")  # as searched
         plans = [
             " ".join(
-                row[0]
-                for row in conn.execute(
-                    f"EXPLAIN SELECT id FROM {table} ORDER BY {column} <=> %s::vector LIMIT 5", (probe,)
-                ).fetchall()
+                row[0] for row in conn.execute(f"EXPLAIN SELECT id FROM {table} ORDER BY {order} LIMIT 5", (probe,))
             )
-            for table, column in (("identities", "centroid"), ("faces", "embedding"))
+            for table, order in zip(("identities", "faces"), orders, strict=True)
         ]
     assert invalid == 0
     assert "identities_hnsw" in plans[0] and "faces_hnsw" in plans[1]
@@ -174,6 +172,28 @@ def test_people_from_create_many_take_more_faces_merge_and_delete_like_any(
     assert gallery.merge(a.id, b.id).num_faces == 5
     gallery.delete(c.id)
     assert gallery.list(10, 0)[0] == 1 and gallery.face_count() == 5
+
+
+def test_a_database_of_schema_1_migrates_to_halfvec_sample_index_keeping_everything(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    centres, people = people_with_centres(30, 2, seed=9)
+    with monkeypatch.context() as patch:
+        patch.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:1])
+        old = PgGallery(postgres_url, "best_sample")
+        made = [old.create(name, metadata, embeddings) for name, metadata, embeddings in people]
+        old.close()
+    assert "halfvec" not in hnsw_indexes(postgres_url)["faces_hnsw"]
+
+    store = PgGallery(postgres_url, "best_sample")
+    try:
+        assert "halfvec_cosine_ops" in hnsw_indexes(postgres_url)["faces_hnsw"]
+        with psycopg.connect(postgres_url) as conn:
+            assert conn.execute("SELECT version FROM frtriton_schema").fetchone()[0] == len(postgres.MIGRATIONS)
+        assert store.list(100, 0) == (30, made) and store.face_count() == 60
+        assert [row[0].id for row in store.search(centres, 1)] == [person.id for person in made]
+    finally:
+        store.close()
 
 
 def test_create_many_of_nobody_is_a_no_op(gallery: PgGallery) -> None:
