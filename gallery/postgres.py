@@ -202,7 +202,8 @@ class PgGallery:
             cursor.execute(f"DROP INDEX {name}")
         return [found[name] for name in HNSW_INDEXES if name in found]
 
-    def _build_hnsw_indexes(self, cursor: psycopg.Cursor, definitions: list[str]) -> None:
+    def _build_hnsw_indexes(self, cursor: psycopg.Cursor, definitions: list[str]) -> int:
+        """Build the dropped indexes again; returns the maintenance_work_mem (MB) they were given."""
         cursor.execute("SELECT (SELECT COUNT(*) FROM faces), (SELECT COUNT(*) FROM identities)")
         faces, identities = cursor.fetchone()
         graph = max(faces * HNSW_BUILD_BYTES["faces_hnsw"], identities * HNSW_BUILD_BYTES["identities_hnsw"])
@@ -215,6 +216,7 @@ class PgGallery:
             cursor.execute(definition)
         cursor.execute("ANALYZE identities")
         cursor.execute("ANALYZE faces")
+        return memory_mb
 
     # ---- the Gallery interface
     def create(self, name: str, metadata: dict, embeddings: np.ndarray) -> Identity:
@@ -272,7 +274,7 @@ class PgGallery:
             copied = time.perf_counter()
             log.info("create_many: copied %d people, %d faces in %.1f s", len(people), new_faces, copied - started)
             if definitions:
-                self._build_hnsw_indexes(cursor, definitions)
+                load["maintenance_work_mem_mb"] = self._build_hnsw_indexes(cursor, definitions)
             load.update(rebuilt_indexes=bool(rebuild), copy_s=copied - started, index_s=time.perf_counter() - copied)
             return made
 
