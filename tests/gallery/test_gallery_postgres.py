@@ -81,7 +81,7 @@ def test_create_many_stores_every_person_with_faces_and_normalised_centroid(
         np.testing.assert_allclose(centroids[person.id], numpy_centroid(embeddings), atol=1e-6)
     for person, centre in zip(made, centres, strict=True):
         assert gallery.search(centre[None], 1)[0][0].id == person.id
-    assert set(hnsw_indexes(postgres_url)) == {"faces_hnsw", "identities_hnsw"}
+    assert set(hnsw_indexes(postgres_url)) == {"faces_hnsw"}
 
 
 @pytest.mark.parametrize("rebuild", [True, False], ids=["rebuilding the indexes", "into the indexes"])
@@ -95,32 +95,41 @@ def test_create_many_with_a_bad_vector_in_the_middle_stores_nothing(
         gallery.create_many(people, rebuild_indexes=rebuild)
 
     assert gallery.list(100, 0) == (1, [kept]) and gallery.face_count() == 2
-    assert set(hnsw_indexes(postgres_url)) == {"faces_hnsw", "identities_hnsw"}  # the DROP INDEX rolled back too
+    assert set(hnsw_indexes(postgres_url)) == {"faces_hnsw"}  # the DROP INDEX rolled back too
     assert gallery.search(unit_rows(np.ones((1, EMBEDDING_DIM))), 5)[0][0].id == kept.id
 
 
-def test_create_many_that_rebuilds_leaves_both_hnsw_indexes_in_place_and_used(
+def test_create_many_that_rebuilds_leaves_the_hnsw_index_in_place_and_used(
     gallery: PgGallery, postgres_url: str
 ) -> None:
     before = hnsw_indexes(postgres_url)
-    centres, people = people_with_centres(300, 4, seed=3)
+    _, people = people_with_centres(300, 4, seed=3)
     gallery.create_many(people, rebuild_indexes=True)
 
     assert gallery.last_bulk_load["rebuilt_indexes"] is True
-    assert hnsw_indexes(postgres_url) == before  # same names, same definitions
+    assert hnsw_indexes(postgres_url) == before and "halfvec_cosine_ops" in before["faces_hnsw"]  # as it was
     with psycopg.connect(postgres_url) as conn:
         invalid = conn.execute("SELECT COUNT(*) FROM pg_index WHERE NOT indisvalid").fetchone()[0]
-        probe = "[" + ",".join(map(str, centres[0])) + "]"
+        probe = "[" + ",".join(map(str, people[0][2][0])) + "]"
         conn.execute("SET enable_seqscan = off")  # a tiny table: ask whether the index *can* serve the query
-        orders = ("centroid <=> %s::vector", "embedding::halfvec(512) <=> %s::vector::halfvec(512)")  # as searched
-        plans = [
-            " ".join(
-                row[0] for row in conn.execute(f"EXPLAIN SELECT id FROM {table} ORDER BY {order} LIMIT 5", (probe,))
-            )
-            for table, order in zip(("identities", "faces"), orders, strict=True)
-        ]
-    assert invalid == 0
-    assert "identities_hnsw" in plans[0] and "faces_hnsw" in plans[1]
+        plan = conn.execute(
+            "EXPLAIN SELECT id FROM faces ORDER BY embedding::halfvec(512) <=> %s::vector::halfvec(512) LIMIT 5",
+            (probe,),
+        ).fetchall()
+    assert invalid == 0 and "faces_hnsw" in " ".join(row[0] for row in plan)
+
+
+def test_centroid_bits_are_the_binary_quantisation_the_search_computes(gallery: PgGallery, postgres_url: str) -> None:
+    _, people = people_with_centres(5, 3, seed=10)
+    made = gallery.create_many(people[:3]) + [gallery.create(*person) for person in people[3:]]
+    with psycopg.connect(postgres_url) as conn:
+        stored = dict(conn.execute("SELECT id, centroid_bits::text FROM identities").fetchall())
+    for person, (_, _, embeddings) in zip(made, people, strict=True):
+        assert stored[person.id] == postgres._bits(numpy_centroid(embeddings))
+    gallery.add_faces(made[0].id, people[4][2])  # a new centroid: its bits follow
+    with psycopg.connect(postgres_url) as conn:
+        bits = conn.execute("SELECT centroid_bits::text FROM identities WHERE id = %s", (made[0].id,)).fetchone()[0]
+    assert bits == postgres._bits(numpy_centroid(np.vstack([people[0][2], people[4][2]])))
 
 
 def test_create_many_chooses_a_rebuild_only_for_loads_large_next_to_the_gallery(
@@ -174,7 +183,7 @@ def test_people_from_create_many_take_more_faces_merge_and_delete_like_any(
     assert gallery.list(10, 0)[0] == 1 and gallery.face_count() == 5
 
 
-def test_a_database_of_schema_1_migrates_to_halfvec_sample_index_keeping_everything(
+def test_a_database_of_schema_1_migrates_keeping_every_person_and_face(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     centres, people = people_with_centres(30, 2, seed=9)
@@ -185,15 +194,19 @@ def test_a_database_of_schema_1_migrates_to_halfvec_sample_index_keeping_everyth
         old.close()
     assert "halfvec" not in hnsw_indexes(postgres_url)["faces_hnsw"]
 
-    store = PgGallery(postgres_url, "best_sample")
+    store, by_centroid = PgGallery(postgres_url, "best_sample"), PgGallery(postgres_url)
     try:
-        assert "halfvec_cosine_ops" in hnsw_indexes(postgres_url)["faces_hnsw"]
+        indexes = hnsw_indexes(postgres_url)
+        assert list(indexes) == ["faces_hnsw"] and "halfvec_cosine_ops" in indexes["faces_hnsw"]
         with psycopg.connect(postgres_url) as conn:
             assert conn.execute("SELECT version FROM frtriton_schema").fetchone()[0] == len(postgres.MIGRATIONS)
+            assert conn.execute("SELECT COUNT(*) FROM identities WHERE centroid_bits IS NULL").fetchone()[0] == 0
         assert store.list(100, 0) == (30, made) and store.face_count() == 60
-        assert [row[0].id for row in store.search(centres, 1)] == [person.id for person in made]
+        for scorer in (store, by_centroid):
+            assert [row[0].id for row in scorer.search(centres, 1)] == [person.id for person in made]
     finally:
         store.close()
+        by_centroid.close()
 
 
 def test_create_many_of_nobody_is_a_no_op(gallery: PgGallery) -> None:
