@@ -76,9 +76,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX identities_hnsw ON identities USING hnsw (centroid vector_cosine_ops);
     """,
     # 2: samples are indexed as halfvec (measured: half the index, build memory and best-sample search
-    # time, the same top-1); the stored vectors and similarities stay float32. Rebuilds the index once.
+    # time, the same top-1); the stored vectors and similarities stay float32. Rebuilds the index once,
+    # serially: a parallel build takes all of maintenance_work_mem from /dev/shm at once, and a
+    # container's is 64 MB unless raised (the pgvector images of docker-compose.yml and deploy/).
     f"""
     SET LOCAL maintenance_work_mem = '1GB';
+    SET LOCAL max_parallel_maintenance_workers = 0;
     DROP INDEX faces_hnsw;
     CREATE INDEX faces_hnsw ON faces USING hnsw ((embedding::halfvec({EMBEDDING_DIM})) halfvec_cosine_ops);
     """,
@@ -228,10 +231,28 @@ class PgGallery:
             cursor.execute(f"SET LOCAL max_parallel_maintenance_workers = {int(self.bulk_workers)}")
         for definition in definitions:
             log.info("create_many: %s (maintenance_work_mem %d MB)", definition, memory_mb)
-            cursor.execute(definition)
+            self._create_index(cursor, definition)
         cursor.execute("ANALYZE identities")
         cursor.execute("ANALYZE faces")
         return memory_mb
+
+    @staticmethod
+    def _create_index(cursor: psycopg.Cursor, definition: str) -> None:
+        """CREATE INDEX, in parallel where the server plans it, serially when the shared memory is refused.
+
+        A parallel HNSW build takes all of maintenance_work_mem from /dev/shm up front; a
+        container's /dev/shm is 64 MB unless raised (docker `shm_size`), so the build fails there
+        ("could not resize shared memory segment") and is tried again without workers.
+        """
+        cursor.execute("SAVEPOINT hnsw_build")
+        try:
+            cursor.execute(definition)
+        except (psycopg.errors.DiskFull, psycopg.errors.OutOfMemory) as error:
+            cursor.execute("ROLLBACK TO SAVEPOINT hnsw_build")
+            log.warning("create_many: %s; building without parallel workers (more /dev/shm: in parallel)", error)
+            cursor.execute("SET LOCAL max_parallel_maintenance_workers = 0")
+            cursor.execute(definition)
+        cursor.execute("RELEASE SAVEPOINT hnsw_build")
 
     # ---- the Gallery interface
     def create(self, name: str, metadata: dict, embeddings: np.ndarray) -> Identity:

@@ -132,6 +132,28 @@ def test_centroid_bits_are_the_binary_quantisation_the_search_computes(gallery: 
     assert bits == postgres._bits(numpy_centroid(np.vstack([people[0][2], people[4][2]])))
 
 
+def test_a_rebuild_whose_parallel_build_is_refused_builds_serially(gallery: PgGallery, postgres_url: str) -> None:
+    # A container's /dev/shm is 64 MB unless raised, and a parallel HNSW build takes all of its
+    # maintenance_work_mem there at once: the server refuses it. Here a trigger refuses it the same way.
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse_parallel() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF current_setting('max_parallel_maintenance_workers') <> '0' THEN"
+            "  RAISE EXCEPTION 'could not resize shared memory segment' USING ERRCODE = 'disk_full';"
+            " END IF; END $$"
+        )
+        conn.execute(
+            "CREATE EVENT TRIGGER refuse_parallel ON ddl_command_start WHEN TAG IN ('CREATE INDEX')"
+            " EXECUTE FUNCTION refuse_parallel()"
+        )
+    before = hnsw_indexes(postgres_url)
+    centres, people = people_with_centres(50, 2, seed=11)
+    made = gallery.create_many(people, rebuild_indexes=True)
+
+    assert hnsw_indexes(postgres_url) == before and gallery.face_count() == 100
+    assert [row[0].id for row in gallery.search(centres, 1)] == [person.id for person in made]
+
+
 def test_create_many_chooses_a_rebuild_only_for_loads_large_next_to_the_gallery(
     gallery: PgGallery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
