@@ -3,16 +3,24 @@
 Same interface and behaviour as `gallery.sqlite.SqliteGallery`; chosen with
 `GALLERY_URL=postgresql://...`. Every face sample is a `vector(512)` row; each person
 keeps the normalised centroid of their samples, updated in the same transaction as
-their samples. Both columns carry HNSW indexes (cosine), so a search is one indexed
-query: by centroid (default) or, for best-sample scoring, the nearest samples grouped
-by person. Nothing is cached in the process: every replica sees every commit.
-Schema migrations run under an advisory lock, so replicas may start together.
+their samples, and its binary quantisation (`centroid_bits`, a generated column).
+A centroid search (the default) is exact: a scan of every person's 64-byte
+`centroid_bits` by Hamming distance keeps `CENTROID_CANDIDATES`, which are ranked by
+their float32 cosine. A best-sample search asks the HNSW index of the samples (halfvec,
+cosine) for the nearest samples and groups them by person. `create_many` loads many
+people by COPY, building the HNSW index once for large loads. Nothing is cached in the
+process: every replica sees every commit. Schema migrations run under an advisory lock,
+so replicas may start together.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,8 +30,28 @@ from psycopg.types.json import Jsonb
 
 from gallery.store import EMBEDDING_DIM, SCORINGS, Identity, IdentityNotFound, Match, as_vectors, new_id, now
 
+log = logging.getLogger("frtriton")
+
 MIGRATION_LOCK = 0x46525452  # "FRTR": pg_advisory_xact_lock key for schema changes
 BEST_SAMPLE_FANOUT = 10  # best-sample search reads this many nearest samples per wanted person
+# hnsw.ef_search of a best-sample search (at least top_k x BEST_SAMPLE_FANOUT). More candidates find
+# more true nearest samples, slower (benchmarks/pg_scale.py; README, "PostgreSQL at a million faces").
+EF_SEARCH = 200
+# A centroid search ranks this many people (at least top_k x BEST_SAMPLE_FANOUT) by float32 cosine,
+# taken as the nearest by Hamming distance of the binary-quantised centroids. Measured against exact
+# float search at 200,000 people: 100 % the same top-1 with 20 or 100 (HNSW, ef_search 200: 58 %).
+CENTROID_CANDIDATES = 100
+
+# create_many: below BULK_REBUILD_MIN_FACES new faces, or when they are fewer than
+# BULK_REBUILD_RATIO x the faces already stored, rows go into the existing HNSW index;
+# otherwise it is dropped and built once after the COPY. Measured (benchmarks/pg_scale.py,
+# 2 cores): an insert into the index costs 7 ms a face at 10^5 stored, 12 ms at 10^6; a
+# build 0.7-0.8 ms a face. Rebuilding k new faces next to n stored is cheaper once k/n
+# exceeds 0.12 at 10^5, 0.06 at 10^6: 0.1 between them (at worst 1.5x the cheaper path).
+BULK_REBUILD_MIN_FACES = 1_000
+BULK_REBUILD_RATIO = 0.1
+HNSW_INDEXES = ("faces_hnsw",)
+HNSW_BUILD_BYTES = 2 * 1024  # in-memory HNSW build, per face: its halfvec(512), its neighbour lists (m=16), margin
 
 MIGRATIONS: list[str] = [
     f"""
@@ -47,6 +75,24 @@ MIGRATIONS: list[str] = [
     CREATE INDEX faces_hnsw ON faces USING hnsw (embedding vector_cosine_ops);
     CREATE INDEX identities_hnsw ON identities USING hnsw (centroid vector_cosine_ops);
     """,
+    # 2: samples are indexed as halfvec (measured: half the index, build memory and best-sample search
+    # time, the same top-1); the stored vectors and similarities stay float32. Rebuilds the index once,
+    # serially: a parallel build takes all of maintenance_work_mem from /dev/shm at once, and a
+    # container's is 64 MB unless raised (the pgvector images of docker-compose.yml and deploy/).
+    f"""
+    SET LOCAL maintenance_work_mem = '1GB';
+    SET LOCAL max_parallel_maintenance_workers = 0;
+    DROP INDEX faces_hnsw;
+    CREATE INDEX faces_hnsw ON faces USING hnsw ((embedding::halfvec({EMBEDDING_DIM})) halfvec_cosine_ops);
+    """,
+    # 3: centroid search scans binary-quantised centroids exactly (measured: HNSW over 200,000
+    # centroids of random people found the exact top-1 for 58 % of probes; this scan for 100 %).
+    # Adding the stored column rewrites the identities table once; its HNSW index goes.
+    f"""
+    ALTER TABLE identities ADD COLUMN centroid_bits bit({EMBEDDING_DIM})
+        GENERATED ALWAYS AS (binary_quantize(centroid)::bit({EMBEDDING_DIM})) STORED;
+    DROP INDEX identities_hnsw;
+    """,
 ]
 
 IDENTITY_SQL = (
@@ -56,11 +102,26 @@ IDENTITY_SQL = (
 
 
 class PgGallery:
-    def __init__(self, url: str, scoring: str = "centroid") -> None:
+    def __init__(
+        self,
+        url: str,
+        scoring: str = "centroid",
+        *,
+        ef_search: int = EF_SEARCH,
+        bulk_memory_mb: int = 4096,
+        bulk_workers: int | None = None,
+    ) -> None:
+        """`ef_search`: HNSW candidates a best-sample search keeps (recall against time); `bulk_memory_mb` caps
+        create_many's maintenance_work_mem for an HNSW rebuild, `bulk_workers` sets its
+        max_parallel_maintenance_workers (None: the server's setting)."""
         if scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}")
         self.url = url
         self.scoring = scoring
+        self.ef_search = ef_search
+        self.bulk_memory_mb = bulk_memory_mb
+        self.bulk_workers = bulk_workers
+        self.last_bulk_load: dict | None = None  # create_many's last load: sizes, path taken, seconds per phase
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
         self._migrate()
@@ -141,6 +202,58 @@ class PgGallery:
             [(identity_id, vector, stamp) for vector in as_vectors(embeddings)],
         )
 
+    def _should_rebuild(self, cursor: psycopg.Cursor, new_faces: int) -> bool:
+        if new_faces < BULK_REBUILD_MIN_FACES:
+            return False
+        cursor.execute("SELECT COUNT(*) FROM faces")
+        return new_faces >= BULK_REBUILD_RATIO * cursor.fetchone()[0]
+
+    @staticmethod
+    def _drop_hnsw_indexes(cursor: psycopg.Cursor) -> list[str]:
+        """Drop the HNSW indexes; returns their definitions (as the schema has them) to build them again."""
+        # Lock in create()'s order (identities, then faces): a concurrent create() waits instead of deadlocking.
+        cursor.execute("LOCK TABLE identities, faces IN ACCESS EXCLUSIVE MODE")
+        cursor.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND indexname = ANY(%s)",
+            (list(HNSW_INDEXES),),
+        )
+        found = dict(cursor.fetchall())
+        for name in found:
+            cursor.execute(f"DROP INDEX {name}")
+        return [found[name] for name in HNSW_INDEXES if name in found]
+
+    def _build_hnsw_indexes(self, cursor: psycopg.Cursor, definitions: list[str]) -> int:
+        """Build the dropped indexes again; returns the maintenance_work_mem (MB) they were given."""
+        cursor.execute("SELECT COUNT(*) FROM faces")
+        memory_mb = min(self.bulk_memory_mb, 64 + cursor.fetchone()[0] * HNSW_BUILD_BYTES // 2**20)
+        cursor.execute(f"SET LOCAL maintenance_work_mem = '{int(memory_mb)}MB'")
+        if self.bulk_workers is not None:
+            cursor.execute(f"SET LOCAL max_parallel_maintenance_workers = {int(self.bulk_workers)}")
+        for definition in definitions:
+            log.info("create_many: %s (maintenance_work_mem %d MB)", definition, memory_mb)
+            self._create_index(cursor, definition)
+        cursor.execute("ANALYZE identities")
+        cursor.execute("ANALYZE faces")
+        return memory_mb
+
+    @staticmethod
+    def _create_index(cursor: psycopg.Cursor, definition: str) -> None:
+        """CREATE INDEX, in parallel where the server plans it, serially when the shared memory is refused.
+
+        A parallel HNSW build takes all of maintenance_work_mem from /dev/shm up front; a
+        container's /dev/shm is 64 MB unless raised (docker `shm_size`), so the build fails there
+        ("could not resize shared memory segment") and is tried again without workers.
+        """
+        cursor.execute("SAVEPOINT hnsw_build")
+        try:
+            cursor.execute(definition)
+        except (psycopg.errors.DiskFull, psycopg.errors.OutOfMemory) as error:
+            cursor.execute("ROLLBACK TO SAVEPOINT hnsw_build")
+            log.warning("create_many: %s; building without parallel workers (more /dev/shm: in parallel)", error)
+            cursor.execute("SET LOCAL max_parallel_maintenance_workers = 0")
+            cursor.execute(definition)
+        cursor.execute("RELEASE SAVEPOINT hnsw_build")
+
     # ---- the Gallery interface
     def create(self, name: str, metadata: dict, embeddings: np.ndarray) -> Identity:
         identity_id, stamp = new_id(), now()
@@ -155,6 +268,56 @@ class PgGallery:
             return self._identity(cursor, identity_id)
 
         return self._run(operation)
+
+    def create_many(
+        self, people: Sequence[tuple[str, dict, np.ndarray]], *, rebuild_indexes: bool | None = None
+    ) -> list[Identity]:
+        """Create many people in one transaction (all or none): the same rows as create() for each.
+
+        Identities (with their centroids, computed here) and faces go in by binary COPY. When
+        the new faces are many next to those stored (`BULK_REBUILD_*`; `rebuild_indexes`
+        overrides), the HNSW index of the samples is dropped first and built once at the end,
+        with `maintenance_work_mem` sized to the graph (at most `bulk_memory_mb`): both tables
+        are then locked (ACCESS EXCLUSIVE) until the commit, so every replica's searches and
+        enrollments wait. Otherwise other connections go on reading the gallery as it was.
+        """
+        people = list(people)
+        if not people:
+            return []
+        new_faces = sum(np.asarray(embeddings).size // EMBEDDING_DIM for _, _, embeddings in people)
+        ids = [new_id() for _ in people]
+        stamps = _increasing_stamps(len(people))
+
+        load: dict = {"people": len(people), "faces": new_faces}
+
+        def operation(cursor):
+            started = time.perf_counter()
+            rebuild = self._should_rebuild(cursor, new_faces) if rebuild_indexes is None else rebuild_indexes
+            definitions = self._drop_hnsw_indexes(cursor) if rebuild else []
+            made = []
+            with cursor.copy(
+                "COPY identities (id, name, metadata, centroid, created_at, updated_at) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["text", "text", "jsonb", "vector", "text", "text"])
+                for identity_id, stamp, (name, metadata, embeddings) in zip(ids, stamps, people, strict=True):
+                    vectors = as_vectors(embeddings)
+                    copy.write_row((identity_id, name, Jsonb(metadata), _centroid(vectors), stamp, stamp))
+                    made.append(Identity(identity_id, name, json.loads(json.dumps(metadata)), len(vectors), stamp))
+            with cursor.copy("COPY faces (identity_id, embedding, created_at) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "vector", "text"])
+                for identity_id, stamp, (_, _, embeddings) in zip(ids, stamps, people, strict=True):
+                    for vector in as_vectors(embeddings):
+                        copy.write_row((identity_id, vector, stamp))
+            copied = time.perf_counter()
+            log.info("create_many: copied %d people, %d faces in %.1f s", len(people), new_faces, copied - started)
+            if definitions:
+                load["maintenance_work_mem_mb"] = self._build_hnsw_indexes(cursor, definitions)
+            load.update(rebuilt_indexes=bool(rebuild), copy_s=copied - started, index_s=time.perf_counter() - copied)
+            return made
+
+        made = self._run(operation)
+        self.last_bulk_load = load
+        return made
 
     def add_faces(self, identity_id: str, embeddings: np.ndarray) -> Identity:
         def operation(cursor):
@@ -220,21 +383,23 @@ class PgGallery:
         vectors = as_vectors(queries)
 
         def operation(cursor):
-            cursor.execute(f"SET LOCAL hnsw.ef_search = {max(40, top_k * BEST_SAMPLE_FANOUT)}")
+            cursor.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, top_k * BEST_SAMPLE_FANOUT)}")
             results = []
             for vector in vectors:
                 if self.scoring == "centroid":
                     cursor.execute(
-                        "SELECT id, name, 1 - (centroid <=> %s) FROM identities WHERE centroid IS NOT NULL"
-                        " ORDER BY centroid <=> %s LIMIT %s",
-                        (vector, vector, top_k),
+                        "SELECT c.id, c.name, 1 - (c.centroid <=> %s) FROM ("
+                        "  SELECT id, name, centroid FROM identities WHERE centroid IS NOT NULL"
+                        f"  ORDER BY centroid_bits <~> %s::bit({EMBEDDING_DIM}) LIMIT %s) c"
+                        " ORDER BY c.centroid <=> %s LIMIT %s",
+                        (vector, _bits(vector), max(CENTROID_CANDIDATES, top_k * BEST_SAMPLE_FANOUT), vector, top_k),
                     )
                     results.append([Match(r[0], r[1], float(r[2])) for r in cursor.fetchall()])
                     continue
                 cursor.execute(
                     "SELECT n.identity_id, i.name, MAX(n.similarity) AS best FROM ("
                     "  SELECT identity_id, 1 - (embedding <=> %s) AS similarity FROM faces"
-                    "  ORDER BY embedding <=> %s LIMIT %s) n"
+                    f"  ORDER BY embedding::halfvec({EMBEDDING_DIM}) <=> %s::halfvec({EMBEDDING_DIM}) LIMIT %s) n"
                     " JOIN identities i ON i.id = n.identity_id GROUP BY n.identity_id, i.name"
                     " ORDER BY best DESC LIMIT %s",
                     (vector, vector, top_k * BEST_SAMPLE_FANOUT, top_k),
@@ -262,3 +427,22 @@ class PgGallery:
         with self._lock:
             if self._conn is not None and not self._conn.closed:
                 self._conn.close()
+
+
+def _centroid(vectors: np.ndarray) -> np.ndarray | None:
+    """The l2-normalised mean, as create() stores it (l2_normalize(AVG(embedding))); None without samples."""
+    if len(vectors) == 0:
+        return None
+    mean = vectors.mean(axis=0, dtype=np.float64)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
+def _bits(vector: np.ndarray) -> str:
+    """pgvector's binary_quantize as a bit-string literal: 1 where the component is positive."""
+    return (vector > 0).astype(np.uint8).tobytes().translate(bytes.maketrans(b"\x00\x01", b"01")).decode()
+
+
+def _increasing_stamps(count: int) -> list[str]:
+    """`count` creation times, strictly increasing from now: list() keeps create_many's order."""
+    start = dt.datetime.now(dt.UTC)
+    return [(start + dt.timedelta(microseconds=i)).isoformat(timespec="microseconds") for i in range(count)]
