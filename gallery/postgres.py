@@ -12,7 +12,8 @@ Schema migrations run under an advisory lock, so replicas may start together.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,34 +21,33 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 
-from gallery.store import EMBEDDING_DIM, SCORINGS, Identity, IdentityNotFound, Match, as_vectors, new_id, now
+from gallery.postgres_schema import migrate, read_model, write_model
+from gallery.samples import SAMPLE_COLUMNS, STORED_FACE_SQL, sample_values, samples_for, stored_face
+from gallery.store import (
+    SCORINGS,
+    FaceNotFound,
+    Identity,
+    IdentityNotFound,
+    LastFace,
+    Match,
+    ModelChangeIncomplete,
+    ModelFingerprint,
+    ModelStatus,
+    PendingCrop,
+    Person,
+    Sample,
+    StoredFace,
+    as_vectors,
+    new_id,
+    now,
+)
 
-MIGRATION_LOCK = 0x46525452  # "FRTR": pg_advisory_xact_lock key for schema changes
 BEST_SAMPLE_FANOUT = 10  # best-sample search reads this many nearest samples per wanted person
-
-MIGRATIONS: list[str] = [
-    f"""
-    CREATE EXTENSION IF NOT EXISTS vector;
-    CREATE TABLE identities (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        metadata JSONB NOT NULL DEFAULT '{{}}',
-        centroid vector({EMBEDDING_DIM}),
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE TABLE faces (
-        id BIGSERIAL PRIMARY KEY,
-        identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
-        embedding vector({EMBEDDING_DIM}) NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE INDEX faces_by_identity ON faces (identity_id);
-    CREATE INDEX identities_by_created ON identities (created_at, id);
-    CREATE INDEX faces_hnsw ON faces USING hnsw (embedding vector_cosine_ops);
-    CREATE INDEX identities_hnsw ON identities USING hnsw (centroid vector_cosine_ops);
-    """,
-]
+INSERT_FACE_SQL = (
+    f"INSERT INTO faces (identity_id, embedding, created_at, model_sha256, {', '.join(SAMPLE_COLUMNS)})"
+    f" VALUES (%s, %s, %s, COALESCE(%s, (SELECT value FROM gallery_meta WHERE key = 'model_sha256'))"
+    f"{', %s' * len(SAMPLE_COLUMNS)}) RETURNING id"
+)
 
 IDENTITY_SQL = (
     "SELECT i.id, i.name, i.metadata, i.created_at, (SELECT COUNT(*) FROM faces f WHERE f.identity_id = i.id)"
@@ -63,7 +63,7 @@ class PgGallery:
         self.scoring = scoring
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
-        self._migrate()
+        migrate(url)
 
     # ---- plumbing
     def _connection(self) -> psycopg.Connection:
@@ -88,29 +88,6 @@ class PgGallery:
                     conn.rollback()
                 raise
 
-    def _migrate(self) -> None:
-        def operation(cursor: psycopg.Cursor) -> None:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            cursor.execute("CREATE TABLE IF NOT EXISTS frtriton_schema (version INTEGER NOT NULL)")
-            cursor.execute("SELECT version FROM frtriton_schema")
-            row = cursor.fetchone()
-            version = row[0] if row else 0
-            if row is None:
-                cursor.execute("INSERT INTO frtriton_schema (version) VALUES (0)")
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    cursor.execute(statement)
-                cursor.execute("UPDATE frtriton_schema SET version = %s", (number,))
-
-        with self._lock:  # the extension must exist before vectors are registered
-            conn = psycopg.connect(self.url, autocommit=False)
-            try:
-                with conn.cursor() as cursor:
-                    operation(cursor)
-                conn.commit()
-            finally:
-                conn.close()
-
     @staticmethod
     def _identity(cursor: psycopg.Cursor, identity_id: str) -> Identity:
         cursor.execute(IDENTITY_SQL + " WHERE i.id = %s", (identity_id,))
@@ -134,32 +111,76 @@ class PgGallery:
         )
 
     @staticmethod
-    def _insert_faces(cursor: psycopg.Cursor, identity_id: str, embeddings: np.ndarray) -> None:
-        stamp = now()
-        cursor.executemany(
-            "INSERT INTO faces (identity_id, embedding, created_at) VALUES (%s, %s, %s)",
-            [(identity_id, vector, stamp) for vector in as_vectors(embeddings)],
-        )
+    def _insert_faces(
+        cursor: psycopg.Cursor, identity_id: str, embeddings: np.ndarray, samples: Sequence[Sample] | None,
+        stamp: str,
+    ) -> tuple[int, ...]:
+        """Store the samples; their new ids, in order (one INSERT ... RETURNING each: a request holds a few)."""
+        ids = []
+        vectors = as_vectors(embeddings)
+        for vector, sample in zip(vectors, samples_for(len(vectors), samples), strict=True):
+            cursor.execute(INSERT_FACE_SQL, (identity_id, vector, stamp, sample.model_sha256, *sample_values(sample)))
+            ids.append(cursor.fetchone()[0])
+            if sample.crop:
+                cursor.execute("INSERT INTO face_crops (face_id, crop) VALUES (%s, %s)", (ids[-1], sample.crop))
+        return tuple(ids)
 
     # ---- the Gallery interface
-    def create(self, name: str, metadata: dict, embeddings: np.ndarray) -> Identity:
-        identity_id, stamp = new_id(), now()
+    def create(
+        self, name: str, metadata: dict, embeddings: np.ndarray, samples: Sequence[Sample] | None = None
+    ) -> Identity:
+        return self.create_many([(name, metadata, embeddings, samples)])[0]
+
+    def create_many(self, people: Sequence[Person]) -> list[Identity]:
+        """Enroll several people in one transaction: all stored, or none."""
+        if any(not len(as_vectors(embeddings)) for _, _, embeddings, *_ in people):
+            raise ValueError("every person needs at least one embedding")
 
         def operation(cursor):
-            cursor.execute(
-                "INSERT INTO identities (id, name, metadata, created_at, updated_at) VALUES (%s, %s, %s, %s, %s)",
-                (identity_id, name, Jsonb(metadata), stamp, stamp),
-            )
-            self._insert_faces(cursor, identity_id, embeddings)
-            self._refresh_centroid(cursor, identity_id)
-            return self._identity(cursor, identity_id)
+            made = []
+            for name, metadata, embeddings, *rest in people:
+                identity_id, stamp = new_id(), now()
+                cursor.execute(
+                    "INSERT INTO identities (id, name, metadata, created_at, updated_at) VALUES (%s, %s, %s, %s, %s)",
+                    (identity_id, name, Jsonb(metadata), stamp, stamp),
+                )
+                ids = self._insert_faces(cursor, identity_id, embeddings, rest[0] if rest else None, stamp)
+                self._refresh_centroid(cursor, identity_id)
+                made.append(replace(self._identity(cursor, identity_id), face_ids=ids))
+            return made
 
         return self._run(operation)
 
-    def add_faces(self, identity_id: str, embeddings: np.ndarray) -> Identity:
+    def add_faces(
+        self, identity_id: str, embeddings: np.ndarray, samples: Sequence[Sample] | None = None
+    ) -> Identity:
         def operation(cursor):
             self._lock_identity(cursor, identity_id)
-            self._insert_faces(cursor, identity_id, embeddings)
+            ids = self._insert_faces(cursor, identity_id, embeddings, samples, now())
+            self._refresh_centroid(cursor, identity_id)
+            return replace(self._identity(cursor, identity_id), face_ids=ids)
+
+        return self._run(operation)
+
+    def faces(self, identity_id: str) -> list[StoredFace]:
+        def operation(cursor):
+            self._identity(cursor, identity_id)
+            cursor.execute(STORED_FACE_SQL + " FROM faces f WHERE f.identity_id = %s ORDER BY f.id", (identity_id,))
+            return [stored_face(row) for row in cursor.fetchall()]
+
+        return self._run(operation)
+
+    def delete_face(self, identity_id: str, face_id: int) -> Identity:
+        def operation(cursor):
+            self._lock_identity(cursor, identity_id)  # a concurrent delete of its other face waits
+            cursor.execute("SELECT identity_id FROM faces WHERE id = %s", (face_id,))
+            owner = cursor.fetchone()
+            if owner is None or owner[0] != identity_id:
+                raise FaceNotFound(identity_id, face_id)
+            cursor.execute("SELECT COUNT(*) FROM faces WHERE identity_id = %s", (identity_id,))
+            if cursor.fetchone()[0] == 1:
+                raise LastFace(identity_id, face_id)
+            cursor.execute("DELETE FROM faces WHERE id = %s", (face_id,))
             self._refresh_centroid(cursor, identity_id)
             return self._identity(cursor, identity_id)
 
@@ -257,6 +278,79 @@ class PgGallery:
             return cursor.fetchone()[0]
 
         return self._run(operation)
+
+    # ---- which recognizer made the embeddings
+    def model(self) -> ModelFingerprint | None:
+        return self._run(read_model)
+
+    def claim_model(self, served: ModelFingerprint) -> tuple[ModelFingerprint, int]:
+        def operation(cursor):
+            cursor.execute("LOCK TABLE gallery_meta IN EXCLUSIVE MODE")  # replicas starting together: one records
+            recorded = read_model(cursor)
+            if recorded is not None:
+                return recorded, 0
+            write_model(cursor, served)
+            cursor.execute("UPDATE faces SET model_sha256 = %s WHERE model_sha256 IS NULL", (served.sha256,))
+            return served, cursor.rowcount
+
+        return self._run(operation)
+
+    def model_status(self, sha256: str) -> ModelStatus:
+        def operation(cursor):
+            cursor.execute(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE pending), COUNT(*) FILTER (WHERE pending AND NOT cropped),"
+                " COUNT(DISTINCT identity_id) FILTER (WHERE pending AND NOT cropped) FROM ("
+                "  SELECT f.identity_id, f.model_sha256 IS DISTINCT FROM %s AS pending,"
+                "   EXISTS (SELECT 1 FROM face_crops c WHERE c.face_id = f.id) AS cropped FROM faces f) s",
+                (sha256,),
+            )
+            return ModelStatus(*cursor.fetchone())
+
+        return self._run(operation)
+
+    def pending_crops(self, sha256: str, after_id: int, limit: int) -> list[PendingCrop]:
+        def operation(cursor):
+            cursor.execute(
+                "SELECT f.id, f.identity_id, c.crop FROM faces f JOIN face_crops c ON c.face_id = f.id"
+                " WHERE f.id > %s AND f.model_sha256 IS DISTINCT FROM %s ORDER BY f.id LIMIT %s",
+                (after_id, sha256, limit),
+            )
+            return [PendingCrop(face_id, identity_id, bytes(crop)) for face_id, identity_id, crop in cursor.fetchall()]
+
+        return self._run(operation)
+
+    def replace_embeddings(self, updates: Sequence[tuple[int, np.ndarray]], sha256: str) -> int:
+        def operation(cursor):
+            face_ids = [face_id for face_id, _ in updates]
+            # the people first, in one order (as every other write locks them): no deadlock
+            cursor.execute(
+                "SELECT id FROM identities WHERE id IN (SELECT identity_id FROM faces WHERE id = ANY(%s))"
+                " ORDER BY id FOR UPDATE",
+                (face_ids,),
+            )
+            people = [row[0] for row in cursor.fetchall()]
+            updated = 0
+            for face_id, vector in updates:
+                cursor.execute(
+                    "UPDATE faces SET embedding = %s, model_sha256 = %s WHERE id = %s",
+                    (as_vectors(vector)[0], sha256, face_id),
+                )
+                updated += cursor.rowcount
+            for identity_id in people:
+                self._refresh_centroid(cursor, identity_id)
+            return updated
+
+        return self._run(operation)
+
+    def finish_model_change(self, target: ModelFingerprint) -> None:
+        def operation(cursor):
+            cursor.execute("LOCK TABLE gallery_meta IN EXCLUSIVE MODE")
+            cursor.execute("SELECT COUNT(*) FROM faces WHERE model_sha256 IS DISTINCT FROM %s", (target.sha256,))
+            if (count := cursor.fetchone()[0]) > 0:
+                raise ModelChangeIncomplete(count, target)
+            write_model(cursor, target)
+
+        self._run(operation)
 
     def close(self) -> None:
         with self._lock:
