@@ -10,6 +10,7 @@ import numpy as np
 from gallery.store import Gallery, Match
 from pipeline import FacePipeline
 from settings import Settings
+from usecases.gallery_model import GalleryModel
 from usecases.liveness import LivenessCheck, Verdict
 from vision.detections import Detections
 
@@ -31,11 +32,15 @@ class Identified:
 
 
 class Identification:
-    def __init__(self, pipeline: FacePipeline, gallery: Gallery, liveness: LivenessCheck, settings: Settings) -> None:
+    def __init__(
+        self, pipeline: FacePipeline, gallery: Gallery, liveness: LivenessCheck, settings: Settings,
+        model: GalleryModel | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.gallery = gallery
         self.liveness = liveness
         self.settings = settings
+        self.model = model  # the served recognizer must be the one that made the gallery
 
     async def identify(
         self, image: np.ndarray, top_k: int, threshold: float | None = None, liveness: bool = False
@@ -45,6 +50,8 @@ class Identification:
         With `liveness` every face also gets its verdict (LivenessUnavailable when not installed).
         """
         cut = self.settings.identify_threshold if threshold is None else threshold
+        if self.model is not None:
+            await self.model.ensure()  # GalleryModelMismatch (503) rather than matches of another model
         if liveness:
             await self.pipeline.require_liveness()
         [(found, embeddings)] = await self.pipeline.faces_with_embeddings([image])
