@@ -283,12 +283,12 @@ class PgGallery:
     def model(self) -> ModelFingerprint | None:
         return self._run(read_model)
 
-    def claim_model(self, served: ModelFingerprint) -> tuple[ModelFingerprint, int]:
+    def claim_model(self, served: ModelFingerprint) -> tuple[ModelFingerprint, int | None]:
         def operation(cursor):
             cursor.execute("LOCK TABLE gallery_meta IN EXCLUSIVE MODE")  # replicas starting together: one records
             recorded = read_model(cursor)
             if recorded is not None:
-                return recorded, 0
+                return recorded, None
             write_model(cursor, served)
             cursor.execute("UPDATE faces SET model_sha256 = %s WHERE model_sha256 IS NULL", (served.sha256,))
             return served, cursor.rowcount
@@ -298,13 +298,15 @@ class PgGallery:
     def model_status(self, sha256: str) -> ModelStatus:
         def operation(cursor):
             cursor.execute(
-                "SELECT COUNT(*), COUNT(*) FILTER (WHERE pending), COUNT(*) FILTER (WHERE pending AND NOT cropped),"
-                " COUNT(DISTINCT identity_id) FILTER (WHERE pending AND NOT cropped) FROM ("
-                "  SELECT f.identity_id, f.model_sha256 IS DISTINCT FROM %s AS pending,"
-                "   EXISTS (SELECT 1 FROM face_crops c WHERE c.face_id = f.id) AS cropped FROM faces f) s",
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE model_sha256 IS DISTINCT FROM %s) FROM faces", (sha256,)
+            )
+            total, pending = cursor.fetchone()
+            cursor.execute(  # the crop looked up for the pending samples only
+                "SELECT COUNT(*), COUNT(DISTINCT identity_id) FROM faces f WHERE f.model_sha256 IS DISTINCT FROM %s"
+                " AND NOT EXISTS (SELECT 1 FROM face_crops c WHERE c.face_id = f.id)",
                 (sha256,),
             )
-            return ModelStatus(*cursor.fetchone())
+            return ModelStatus(total, pending, *cursor.fetchone())
 
         return self._run(operation)
 

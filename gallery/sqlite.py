@@ -331,11 +331,11 @@ class SqliteGallery:
         with self._lock:
             return read_model(self._db)
 
-    def claim_model(self, served: ModelFingerprint) -> tuple[ModelFingerprint, int]:
+    def claim_model(self, served: ModelFingerprint) -> tuple[ModelFingerprint, int | None]:
         def operation(db):
             recorded = read_model(db)
             if recorded is not None:
-                return recorded, 0
+                return recorded, None
             write_model(db, served)
             stamped = db.execute("UPDATE faces SET model_sha256 = ? WHERE model_sha256 IS NULL", (served.sha256,))
             return served, stamped.rowcount
@@ -344,13 +344,18 @@ class SqliteGallery:
 
     def model_status(self, sha256: str) -> ModelStatus:
         with self._lock:
-            total, pending, uncropped, people = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(pending), 0), COALESCE(SUM(pending AND NOT cropped), 0),"
-                " COUNT(DISTINCT CASE WHEN pending AND NOT cropped THEN identity_id END) FROM ("
-                "  SELECT f.identity_id, f.model_sha256 IS NOT ? AS pending,"
-                "   EXISTS (SELECT 1 FROM face_crops c WHERE c.face_id = f.id) AS cropped FROM faces f)",
-                (sha256,),
-            ).fetchone()
+            self._db.execute("BEGIN")
+            try:
+                total, pending = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(model_sha256 IS NOT ?), 0) FROM faces", (sha256,)
+                ).fetchone()
+                uncropped, people = self._db.execute(  # the crop looked up for the pending samples only
+                    "SELECT COUNT(*), COUNT(DISTINCT identity_id) FROM faces f WHERE f.model_sha256 IS NOT ?"
+                    " AND NOT EXISTS (SELECT 1 FROM face_crops c WHERE c.face_id = f.id)",
+                    (sha256,),
+                ).fetchone()
+            finally:
+                self._db.execute("COMMIT")
         return ModelStatus(total, pending, uncropped, people)
 
     def pending_crops(self, sha256: str, after_id: int, limit: int) -> list[PendingCrop]:

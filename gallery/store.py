@@ -185,9 +185,10 @@ class Gallery(Protocol):
     # ---- which recognizer made the embeddings (usecases.gallery_model, usecases.reembed)
     def model(self) -> ModelFingerprint | None:
         """The recorded fingerprint, or None (a gallery from before fingerprints were kept)."""
-    def claim_model(self, served: ModelFingerprint) -> tuple[ModelFingerprint, int]:
+    def claim_model(self, served: ModelFingerprint) -> tuple[ModelFingerprint, int | None]:
         """Record `served` when no fingerprint is recorded (stamping every unstamped sample with it), in
-        one transaction; (the recorded fingerprint, samples stamped now: 0 when one was recorded)."""
+        one transaction; (the recorded fingerprint, the samples stamped now, or None when one was
+        recorded already)."""
     def model_status(self, sha256: str) -> ModelStatus: ...
     def pending_crops(self, sha256: str, after_id: int, limit: int) -> list[PendingCrop]:
         """Up to `limit` samples with id > `after_id` not embedded by `sha256` that have a crop, by id."""
