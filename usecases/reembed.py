@@ -47,9 +47,9 @@ def uncropped_problem(status: ModelStatus) -> str:
     people = status.people_without_crop
     return (
         f"{status.pending_without_crop} of the gallery's {status.total} face samples ({people} "
-        f"{'person' if people == 1 else 'people'}) have no stored crop (enrolled before crops were kept, or with GALLERY_KEEP_CROPS=false) and cannot be "
-        "re-embedded: serve the gallery's model again, or enroll those people again from their photos "
-        "(python -m gallery.bulk_import) into a new gallery; nothing was changed"
+        f"{'person' if people == 1 else 'people'}) have no stored crop (enrolled before crops were kept, or "
+        "with GALLERY_KEEP_CROPS=false) and cannot be re-embedded: serve the gallery's model again, or enroll "
+        "those people again from their photos (python -m gallery.bulk_import) into a new gallery; nothing was changed"
     )
 
 
