@@ -13,7 +13,7 @@ can be copied into another code base as is.
         for face in client.identify("meeting.jpg"):
             print(face.bbox, face.identity.name if face.identity else "unknown")
 
-The gallery methods (enroll, identify, list, update, merge, delete) need the service's API key:
+The gallery methods (enroll, identify, list, update, merge, delete, faces, delete_face) need the service's API key:
 `api_key="..."`, `api_key_file=` a file holding it (the service writes `data/api_key` on its
 first start), or the `FRTRITON_API_KEY` environment variable, in that order. The face methods
 (detect, embed, compare) and the probes need none.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from frtriton_client.client import API_KEY_HEADER, FRTritonClient, ImageInput
 from frtriton_client.errors import (
+    Conflict,
     ConnectionFailed,
     FRTritonError,
     InvalidRequest,
@@ -44,22 +45,28 @@ from frtriton_client.results import (
     Embedding,
     Enrollment,
     Face,
+    FaceQuality,
+    FaceSample,
     Identification,
     Identity,
     IdentityPage,
     Match,
+    Pose,
     Rejected,
 )
 
 __all__ = [
     "API_KEY_HEADER",
     "Comparison",
+    "Conflict",
     "ConnectionFailed",
     "Embedding",
     "Enrollment",
     "FRTritonClient",
     "FRTritonError",
     "Face",
+    "FaceQuality",
+    "FaceSample",
     "Identification",
     "Identity",
     "IdentityPage",
@@ -68,6 +75,7 @@ __all__ = [
     "Match",
     "NoFaceDetected",
     "NotFound",
+    "Pose",
     "RateLimited",
     "Rejected",
     "ServiceUnavailable",
