@@ -91,7 +91,11 @@ class GalleryModel:
             log.info("gallery model: the gallery had no model fingerprint; recorded the served recognizer %s as the "
                      "model of its %d face samples", served.describe(), stamped)
         status = await asyncio.to_thread(self.gallery.model_status, served.sha256)
-        if not (recorded.same_model(served) and status.pending == 0):
+        if status.total == 0 and not recorded.same_model(served):  # nothing to compare: the served one it is
+            await asyncio.to_thread(self.gallery.finish_model_change, served)
+            log.info("gallery model: the gallery holds no face samples; recorded the served recognizer %s instead "
+                     "of %s", served.describe(), recorded.describe())
+        elif not (recorded.same_model(served) and status.pending == 0):
             if not may_reembed or status.pending_without_crop:
                 message = mismatch_message(recorded, served, status)
                 log.error("gallery model: %s", message)

@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from errors import FaceServiceError, GalleryModelMismatch, InvalidImage
+from gallery.factory import open_gallery
 from gallery.store import Gallery, ModelChangeIncomplete, ModelFingerprint, ModelStatus
 from imaging.crops import decode_crop
 from pipeline import FacePipeline
 from settings import Settings
+from triton_service import TritonClient, http_address
 
 BATCH = 64  # crops per recognizer request (Triton splits it into its max_batch_size) and per commit
 
@@ -144,9 +146,6 @@ async def reembed_gallery(gallery: Gallery, pipeline: FacePipeline, batch: int, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from gallery.factory import open_gallery
-    from triton_service import TritonClient, http_address
-
     args = parse_args(argv)
     settings = Settings()
     url = args.gallery_url or (None if args.db else settings.gallery_url)

@@ -79,6 +79,7 @@ def test_an_unfinished_re_embedding_is_a_mismatch_even_when_the_recorded_model_i
 
 def test_when_triton_is_down_at_start_the_first_request_checks_and_refuses_a_mismatch(gallery, caplog) -> None:
     gallery.claim_model(OTHER)
+    gallery.create("Ada", {}, unit(1))
     pipeline = ServedRecognizer(SERVED, reachable=False)
     check = GalleryModel(pipeline, gallery, Settings(gallery_allow_model_change="reembed"))
 
@@ -108,3 +109,9 @@ def test_the_check_runs_once_and_a_recognizer_without_a_checksum_is_not_checked(
     with caplog.at_level(logging.WARNING, logger="frtriton"):
         assert asyncio.run(unnamed.ensure()) is None
     assert "names no sha256" in caplog.text
+
+
+def test_an_empty_gallery_of_another_model_simply_takes_the_served_one(gallery) -> None:
+    gallery.claim_model(OTHER)
+    asyncio.run(GalleryModel(ServedRecognizer(SERVED), gallery, Settings()).check_at_start())
+    assert gallery.model() == SERVED
