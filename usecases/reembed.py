@@ -162,8 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             await client.close()
 
+    db = args.db or settings.gallery_db
+    if url is None and not db.is_file():  # never create an empty gallery by mistake
+        print(f"reembed: there is no gallery at {db} (GALLERY_DB, or --db)", file=sys.stderr)
+        return 1
     try:
-        gallery = open_gallery(args.db or settings.gallery_db, url, settings.gallery_scoring, "exact")
+        gallery = open_gallery(db, url, settings.gallery_scoring, "exact")
     except Exception as error:  # psycopg.OperationalError, sqlite3.Error, OSError: one line, not a traceback
         print(f"reembed: cannot open the gallery: {error}", file=sys.stderr)
         return 1

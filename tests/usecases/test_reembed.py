@@ -5,12 +5,15 @@ crops stored by real enrollments, both gallery backends)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ApiProcess
+from conftest import ROOT, ApiProcess, unused_port
 from gallery.factory import open_gallery
 from gallery.store import EMBEDDING_DIM, ModelFingerprint
 from imaging.decode import decode_image
@@ -97,3 +100,22 @@ def test_a_stopped_re_embedding_keeps_its_committed_batches_and_the_next_run_doe
         asyncio.run(scenario())
     finally:
         gallery.close()
+
+
+def run_command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GALLERY_DB": str(tmp_path / "g.db")}
+    env.pop("GALLERY_URL", None)
+    return subprocess.run([sys.executable, "-m", "usecases.reembed", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_refuses_wrong_usage_a_missing_gallery_and_an_unreachable_triton_in_one_line(
+    tmp_path: Path,
+) -> None:
+    assert run_command(tmp_path, "--batch", "0").returncode == 2
+    missing = run_command(tmp_path, "--triton-url", f"127.0.0.1:{unused_port()}")
+    assert missing.returncode == 1 and "there is no gallery at" in missing.stderr
+    assert not (tmp_path / "g.db").exists()  # nothing created
+    open_gallery(tmp_path / "g.db", None).close()
+    down = run_command(tmp_path, "--triton-url", f"127.0.0.1:{unused_port()}")
+    assert down.returncode == 1 and down.stderr.startswith("reembed: Triton") and down.stderr.count("\n") == 1
