@@ -1,4 +1,5 @@
-"""The FastAPI app: settings, lifespan (API key, Triton client, pipeline, gallery, use cases), guards, errors, routes.
+"""The FastAPI app: settings, lifespan (API key, Triton client, pipeline, gallery and its model check, use cases),
+guards, errors, routes.
 
 Run: `uvicorn app:create_app --factory --no-proxy-headers --port 3000` (Docker/start.sh does this;
 `--no-proxy-headers` keeps the connection's peer as the client address: uvicorn would otherwise
@@ -29,9 +30,10 @@ from pipeline import FacePipeline
 from settings import Settings
 from telemetry.logs import configure_logging
 from telemetry.metrics import HttpMetrics
-from triton_service import TritonClient
+from triton_service import TritonClient, http_address
 from usecases.enrollment import Enrollment
 from usecases.faces import FaceUseCases
+from usecases.gallery_model import GalleryModel
 from usecases.identification import Identification
 from usecases.liveness import LivenessCheck
 from usecases.people import People
@@ -45,8 +47,7 @@ UI_DIR = Path(__file__).resolve().parent / "ui"  # the demo page (GET /ui): stat
 
 def triton_address(settings: Settings) -> str:
     """host:port of Triton's HTTP endpoint (tritonclient wants no scheme)."""
-    url = settings.triton_url or f"127.0.0.1:{settings.triton_http_port}"
-    return url.removeprefix("http://").rstrip("/")
+    return http_address(settings.triton_url, settings.triton_http_port)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,17 +62,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = await asyncio.to_thread(
             open_gallery, settings.gallery_db, settings.gallery_url, settings.gallery_scoring, index_config(settings)
         )
+        pipeline = FacePipeline(client, settings)
+        model = GalleryModel(pipeline, store, settings)
+        try:
+            # A gallery made by another recognizer stops the start here (or is re-embedded first, with
+            # GALLERY_ALLOW_MODEL_CHANGE=reembed); the message names both models and what to do.
+            await model.check_at_start()
+        except BaseException:
+            await asyncio.to_thread(store.close)
+            await client.close()
+            raise
         # The search index is read (or loaded from its saved file) while the service starts
         # answering; a search that comes first waits for it.
         warming = asyncio.create_task(asyncio.to_thread(store.prepare))
-        pipeline = FacePipeline(client, settings)
         liveness = LivenessCheck(pipeline, settings)
         app.state.triton = client
         app.state.status = ServiceStatus(client)
         app.state.faces = FaceUseCases(pipeline, liveness, settings)
         app.state.liveness = liveness
-        app.state.enrollment = Enrollment(pipeline, store, liveness, settings)
-        app.state.identification = Identification(pipeline, store, liveness, settings)
+        app.state.enrollment = Enrollment(pipeline, store, liveness, settings, model)
+        app.state.identification = Identification(pipeline, store, liveness, settings, model)
         app.state.people = People(store)
         try:
             yield

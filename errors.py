@@ -49,3 +49,9 @@ class SameIdentity(FaceServiceError):
 
 class LivenessUnavailable(FaceServiceError):
     """The anti-spoofing model is not installed on this Triton (503; everything else keeps working)."""
+
+
+class GalleryModelMismatch(FaceServiceError):
+    """The gallery's embeddings were made by another recognizer than the one served: comparing them
+    would be meaningless. Stops the start (the message says which models and what to do); found
+    later (Triton was not reachable at start), every request that needs embeddings gets 503."""

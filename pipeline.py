@@ -164,6 +164,14 @@ class FacePipeline:
         outputs = await self.backend.infer(RECOGNIZER, batch)
         return l2_normalize(next(iter(outputs.values())).reshape(crops.shape[0], -1))
 
+    async def recognizer(self) -> tuple[str, str] | None:
+        """(network name, sha256 of its ONNX file) of the served recognizer, as its config names them
+        (`fr_name`, `fr_sha256`, written at installation from model_info.json; GET /models); None when
+        the config carries no checksum (a hand-written one)."""
+        parameters = (await self.backend.binding(RECOGNIZER)).parameters
+        sha256 = parameters.get("fr_sha256", "").strip().lower()
+        return (parameters.get("fr_name", "").strip(), sha256) if sha256 else None
+
     async def crop_size(self) -> int:
         binding = await self.backend.binding(RECOGNIZER)
         # NHWC (folded uint8): (H, W, 3); NCHW (raw float): (3, H, W)

@@ -116,6 +116,18 @@ class Settings(BaseSettings):
     gallery_index_save_s: float = Field(
         default=300, ge=0, description="seconds between saves of the approximate index beside GALLERY_DB"
     )
+    # The gallery records the recognizer that made its embeddings (README, Model changes): a start
+    # against another served recognizer is refused, unless it may re-embed from the stored crops.
+    gallery_keep_crops: bool = Field(
+        default=True,
+        description="store each enrolled face's 112x112 aligned crop (JPEG, ~5 KB) with its sample, so the gallery "
+        "can be re-embedded by another recognizer",
+    )
+    gallery_allow_model_change: Literal["no", "reembed"] = Field(
+        default="no",
+        description="when the served recognizer is not the one that made the gallery: no = refuse to start; "
+        "reembed = re-embed every sample from its stored crop at start-up, then record the new model",
+    )
     # Enrollment quality (vision/quality.py). Each default grounded in recognition by
     # benchmarks/quality_reject_curve.py on the LFW dev-test photos (README, Enrollment quality):
     # size and sharpness refuse the shrunk and blurred copies whose pairs fail to match (they
@@ -227,6 +239,12 @@ class Settings(BaseSettings):
                 f"(default {cls.model_fields[info.field_name].default:g})"
             )
         return value
+
+    @field_validator("gallery_allow_model_change", mode="before")
+    @classmethod
+    def _empty_is_no(cls, value: object) -> object:
+        """`GALLERY_ALLOW_MODEL_CHANGE=` (empty, a pass-through of an unset variable) means no."""
+        return "no" if isinstance(value, str) and not value.strip() else value
 
     @field_validator("antispoof_from", mode="before")
     @classmethod

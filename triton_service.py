@@ -199,6 +199,12 @@ def wait_until_ready(
 
 
 # --------------------------------------------------------------------------- the async client
+def http_address(url: str | None, port: int) -> str:
+    """host:port of Triton's HTTP endpoint (tritonclient wants no scheme): `url` (TRITON_URL), else the local one."""
+    return (url or f"127.0.0.1:{port}").removeprefix("http://").rstrip("/")
+
+
+
 @dataclass(frozen=True)
 class ModelBinding:
     """What the pipeline needs to know about one served model, read from Triton."""

@@ -8,6 +8,7 @@ a batch answers an image that failed on its own with it (`POST /embeddings`: `{"
 from __future__ import annotations
 
 from errors import (
+    GalleryModelMismatch,
     ImageTooLarge,
     InferenceUnavailable,
     InvalidImage,
@@ -17,10 +18,12 @@ from errors import (
     NoUsableFace,
     SameIdentity,
 )
-from gallery.store import IdentityNotFound
+from gallery.store import FaceNotFound, IdentityNotFound, LastFace
 
 ERROR_STATUS: dict[type[Exception], int] = {
     IdentityNotFound: 404,
+    FaceNotFound: 404,
+    LastFace: 409,
     NoUsableFace: 422,
     SameIdentity: 422,
     InvalidImage: 400,
@@ -29,6 +32,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     InferenceUnavailable: 503,
     LivenessUnavailable: 503,
     ModelRepositoryError: 503,
+    # found after start-up (Triton was not reachable then); at start-up it stops the start
+    GalleryModelMismatch: 503,
 }
 
 

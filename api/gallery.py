@@ -12,7 +12,7 @@ import asyncio
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from api.bodies import JSON_TEXT, JsonOrFormRoute
@@ -36,7 +36,7 @@ from api.schemas import (
     attributes_json,
     liveness_json,
 )
-from gallery.store import Identity, Match
+from gallery.store import Identity, Match, StoredFace
 from imaging.draw import JPEG_MEDIA_TYPE, KNOWN_COLOUR, UNKNOWN_COLOUR, annotated_jpeg, data_url
 from usecases.enrollment import Enrolled
 
@@ -45,7 +45,8 @@ from usecases.enrollment import Enrolled
 GALLERY_ERRORS: dict[int, dict[str, Any]] = {
     400: {"model": Error, "description": "a body that cannot be parsed (DELETE /identities: confirm=true missing)"},
     401: {"model": Error, "description": "missing or wrong X-API-Key; the detail says where the key is"},
-    404: {"model": Error, "description": "no identity with this id"},
+    404: {"model": Error, "description": "no identity with this id (or no face with this id of it)"},
+    409: {"model": Error, "description": "the identity's only face: delete the identity instead"},
     413: {"model": Error, "description": "too many images, or an upload above the byte limit"},
     422: {"model": Unprocessable, "description": "no usable face, or a field missing or invalid"},
     503: {"model": Error, "description": "Triton unavailable or timed out (see Retry-After)"},
@@ -79,7 +80,36 @@ class EnrollResponse(BaseModel):
     id: str
     name: str
     num_faces: int
+    face_ids: list[int] = Field(description="ids of the samples this request stored, in the order of the accepted "
+                                "images (see GET /identities/{id}/faces)", examples=[[41, 42]])
     rejected: list[Rejected]
+
+
+class FaceQualityOut(BaseModel):
+    sharpness: float | None = Field(description="variance of the Laplacian of the grey 112x112 aligned crop",
+                                    examples=[139.2])
+    face_size: float | None = Field(description="side in image pixels of the square the aligned crop covers",
+                                    examples=[78.4])
+    detection_score: float | None = Field(description="the detector's confidence in [0, 1]", examples=[0.87])
+
+
+class PoseOut(BaseModel):
+    yaw: float | None = Field(description="degrees, positive turned towards the image's right", examples=[-4.1])
+    pitch: float | None = Field(description="degrees, positive looking down", examples=[2.5])
+    roll: float | None = Field(description="degrees, positive clockwise on screen", examples=[0.8])
+
+
+class FaceSampleOut(BaseModel):
+    id: int = Field(examples=[41])
+    created_at: str = Field(examples=["2026-11-22T07:00:00.000+00:00"])
+    quality: FaceQualityOut = Field(description="measured at enrollment (nulls: stored before they were kept)")
+    pose: PoseOut = Field(description="head pose at enrollment (null for samples stored before it was kept)")
+    source: str | None = Field(description="the uploaded file's name", examples=["ada1.jpg"])
+    has_crop: bool = Field(description="its aligned crop is stored, so it can be re-embedded by another model")
+
+
+class FaceList(BaseModel):
+    faces: list[FaceSampleOut]
 
 
 class IdentityList(BaseModel):
@@ -130,11 +160,25 @@ def identity_out(identity: Identity) -> IdentityOut:
     )
 
 
+def face_out(face: StoredFace) -> FaceSampleOut:
+    return FaceSampleOut(
+        id=face.id,
+        created_at=face.created_at,
+        quality=FaceQualityOut(
+            sharpness=face.sharpness, face_size=face.face_size, detection_score=face.detection_score
+        ),
+        pose=PoseOut(yaw=face.yaw, pitch=face.pitch, roll=face.roll),
+        source=face.source,
+        has_crop=face.has_crop,
+    )
+
+
 def match_out(match: Match) -> MatchOut:
     return MatchOut(id=match.id, name=match.name, similarity=round(match.similarity, 6))
 
 
 Images = Annotated[list[UploadFile], File(description="one or more photos, each with exactly one face")]
+FaceId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a face sample's id (GET /identities/{id}/faces)")]
 
 
 def enroll_response(enrolled: Enrolled) -> EnrollResponse:
@@ -143,6 +187,7 @@ def enroll_response(enrolled: Enrolled) -> EnrollResponse:
         id=identity.id,
         name=identity.name,
         num_faces=identity.num_faces,
+        face_ids=list(identity.face_ids),
         rejected=[Rejected(index=r.index, reason=r.reason) for r in enrolled.refused],
     )
 
@@ -203,6 +248,19 @@ async def patch_identity(people: PeopleDep, identity_id: str, patch: IdentityPat
              responses=error_responses(400, 404, 413, 422, 503), summary="Add photos to a person")
 async def add_faces(enrollment: EnrollmentDep, identity_id: str, images: Images) -> EnrollResponse:
     return enroll_response(await enrollment.add_faces(identity_id, images))
+
+
+@router.get("/identities/{identity_id}/faces", response_model=FaceList, responses=error_responses(404, 422),
+            summary="A person's face samples, each with its quality and head pose at enrollment")
+async def list_faces(people: PeopleDep, identity_id: str) -> FaceList:
+    return FaceList(faces=[face_out(face) for face in await people.faces(identity_id)])
+
+
+@router.delete("/identities/{identity_id}/faces/{face_id}", response_model=IdentityOut,
+               responses=error_responses(404, 409, 422),
+               summary="Remove one face sample (not the last one: delete the person instead)")
+async def delete_face(people: PeopleDep, identity_id: str, face_id: FaceId) -> IdentityOut:
+    return identity_out(await people.delete_face(identity_id, face_id))
 
 
 @router.post("/identities/{identity_id}/merge", response_model=IdentityOut,

@@ -15,7 +15,7 @@ can be copied into another code base as is.
         for face in client.detect("group.jpg"):
             print(face.pose.yaw, face.quality.enrollable, face.quality.reasons)
 
-The gallery methods (enroll, identify, list, update, merge, delete) need the service's API key:
+The gallery methods (enroll, identify, list, update, merge, delete, faces, delete_face) need the service's API key:
 `api_key="..."`, `api_key_file=` a file holding it (the service writes `data/api_key` on its
 first start), or the `FRTRITON_API_KEY` environment variable, in that order. The face methods
 (detect, embed, compare) and the probes need none.
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from frtriton_client.client import API_KEY_HEADER, FRTritonClient, ImageInput
 from frtriton_client.errors import (
+    Conflict,
     ConnectionFailed,
     FRTritonError,
     InvalidRequest,
@@ -49,18 +50,22 @@ from frtriton_client.results import (
     Enrollment,
     EnrollmentQuality,
     Face,
+    FaceQuality,
+    FaceSample,
     HeadPose,
     Identification,
     Identity,
     IdentityPage,
     ImageError,
     Match,
+    Pose,
     Rejected,
 )
 
 __all__ = [
     "API_KEY_HEADER",
     "Comparison",
+    "Conflict",
     "ConnectionFailed",
     "Embedding",
     "Enrollment",
@@ -69,6 +74,8 @@ __all__ = [
     "FRTritonError",
     "Face",
     "HeadPose",
+    "FaceQuality",
+    "FaceSample",
     "Identification",
     "Identity",
     "IdentityPage",
@@ -78,6 +85,7 @@ __all__ = [
     "Match",
     "NoFaceDetected",
     "NotFound",
+    "Pose",
     "RateLimited",
     "Rejected",
     "ServiceUnavailable",

@@ -19,6 +19,7 @@ from frtriton_client.results import (
     Embedding,
     Enrollment,
     Face,
+    FaceSample,
     Identification,
     Identity,
     IdentityPage,
@@ -232,6 +233,16 @@ class FRTritonClient:
         """Move the faces of `source_id` into `identity_id` and delete `source_id`."""
         body = self._request("POST", f"/identities/{identity_id}/merge", data={"source_id": source_id})
         return Identity.from_json(body)
+
+    def faces(self, identity_id: str) -> list[FaceSample]:
+        """A person's face samples, oldest first, each with its quality and head pose at enrollment."""
+        body = self._request("GET", f"/identities/{identity_id}/faces")
+        return [FaceSample.from_json(f) for f in body["faces"]]
+
+    def delete_face(self, identity_id: str, face_id: int) -> Identity:
+        """Remove one face sample; the person as they are now. NotFound for an unknown identity or a face
+        that is not theirs; Conflict for their only face (delete the person instead)."""
+        return Identity.from_json(self._request("DELETE", f"/identities/{identity_id}/faces/{int(face_id)}"))
 
     def delete(self, identity_id: str) -> None:
         """Remove a person and all their faces; NotFound for an unknown (or already deleted) id."""

@@ -58,7 +58,12 @@ class RateLimited(Unauthorized):
 
 
 class NotFound(FRTritonError):
-    """404: unknown identity id."""
+    """404: unknown identity id (or a face id that is not one of that identity's)."""
+
+
+class Conflict(InvalidRequest):
+    """409: the request contradicts the gallery's state: removing a person's only face sample
+    (delete the person instead)."""
 
 
 class ServiceUnavailable(FRTritonError):
@@ -134,6 +139,8 @@ def error_for(response: httpx.Response, key_hint: str = "") -> FRTritonError:
         return Unauthorized(status, detail, key_hint)
     if status == 404:
         return NotFound(status, detail)
+    if status == 409:
+        return Conflict(status, detail)
     if status == 422 and detail.lower().startswith(NO_FACE_DETAIL_PREFIXES):
         return NoFaceDetected(status, detail)
     if 400 <= status < 500:

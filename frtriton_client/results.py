@@ -199,6 +199,8 @@ class Enrollment:
     num_faces: int
     """Face samples stored for the person in total."""
     rejected: tuple[Rejected, ...]
+    face_ids: tuple[int, ...] = ()
+    """Ids of the samples this request stored, in the order of the accepted images (see `faces`)."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Enrollment:
@@ -207,6 +209,70 @@ class Enrollment:
             name=str(data["name"]),
             num_faces=int(data["num_faces"]),
             rejected=tuple(Rejected.from_json(r) for r in data["rejected"]),
+            face_ids=tuple(int(i) for i in data.get("face_ids", ())),
+        )
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class FaceQuality:
+    """How a face sample measured at enrollment (None: stored before these were kept)."""
+
+    sharpness: float | None
+    """Variance of the Laplacian of the grey 112x112 aligned crop."""
+    face_size: float | None
+    """Side in image pixels of the square the aligned crop covers."""
+    detection_score: float | None
+    """The detector's confidence in [0, 1]."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FaceQuality:
+        return cls(_number(data.get("sharpness")), _number(data.get("face_size")), _number(data.get("detection_score")))
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Head pose at enrollment in degrees (None: stored before it was kept)."""
+
+    yaw: float | None
+    """Positive turned towards the image's right."""
+    pitch: float | None
+    """Positive looking down."""
+    roll: float | None
+    """Positive clockwise on screen."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Pose:
+        return cls(_number(data.get("yaw")), _number(data.get("pitch")), _number(data.get("roll")))
+
+
+@dataclass(frozen=True)
+class FaceSample:
+    """One stored face sample of a person."""
+
+    id: int
+    created_at: str
+    """ISO 8601 timestamp with offset."""
+    quality: FaceQuality
+    pose: Pose
+    source: str | None
+    """The uploaded file's name."""
+    has_crop: bool
+    """Its aligned crop is stored, so another recognizer can re-embed it."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FaceSample:
+        source = data.get("source")
+        return cls(
+            id=int(data["id"]),
+            created_at=str(data["created_at"]),
+            quality=FaceQuality.from_json(data.get("quality") or {}),
+            pose=Pose.from_json(data.get("pose") or {}),
+            source=None if source is None else str(source),
+            has_crop=bool(data.get("has_crop", False)),
         )
 
 

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gallery.sqlite import MIGRATIONS, migrate, new_epoch
+from gallery.sqlite_schema import MIGRATIONS, migrate, new_epoch
 from settings import Settings
 
 # gallery.py names no version constant: its user_version after migrating is the number of migrations.

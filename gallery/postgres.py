@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,11 +29,30 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 
-from gallery.store import EMBEDDING_DIM, SCORINGS, Identity, IdentityNotFound, Match, as_vectors, new_id, now
+from gallery.postgres_schema import migrate, read_model, write_model
+from gallery.samples import SAMPLE_COLUMNS, STORED_FACE_SQL, sample_values, samples_for, stored_face
+from gallery.store import (
+    EMBEDDING_DIM,
+    SCORINGS,
+    FaceNotFound,
+    Identity,
+    IdentityNotFound,
+    LastFace,
+    Match,
+    ModelChangeIncomplete,
+    ModelFingerprint,
+    ModelStatus,
+    PendingCrop,
+    Person,
+    Sample,
+    StoredFace,
+    as_vectors,
+    new_id,
+    now,
+)
 
 log = logging.getLogger("frtriton")
 
-MIGRATION_LOCK = 0x46525452  # "FRTR": pg_advisory_xact_lock key for schema changes
 BEST_SAMPLE_FANOUT = 10  # best-sample search reads this many nearest samples per wanted person
 # hnsw.ef_search of a best-sample search (at least top_k x BEST_SAMPLE_FANOUT). More candidates find
 # more true nearest samples, slower (benchmarks/pg_scale.py; README, "PostgreSQL at a million faces").
@@ -53,47 +73,13 @@ BULK_REBUILD_RATIO = 0.1
 HNSW_INDEXES = ("faces_hnsw",)
 HNSW_BUILD_BYTES = 2 * 1024  # in-memory HNSW build, per face: its halfvec(512), its neighbour lists (m=16), margin
 
-MIGRATIONS: list[str] = [
-    f"""
-    CREATE EXTENSION IF NOT EXISTS vector;
-    CREATE TABLE identities (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        metadata JSONB NOT NULL DEFAULT '{{}}',
-        centroid vector({EMBEDDING_DIM}),
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE TABLE faces (
-        id BIGSERIAL PRIMARY KEY,
-        identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
-        embedding vector({EMBEDDING_DIM}) NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE INDEX faces_by_identity ON faces (identity_id);
-    CREATE INDEX identities_by_created ON identities (created_at, id);
-    CREATE INDEX faces_hnsw ON faces USING hnsw (embedding vector_cosine_ops);
-    CREATE INDEX identities_hnsw ON identities USING hnsw (centroid vector_cosine_ops);
-    """,
-    # 2: samples are indexed as halfvec (measured: half the index, build memory and best-sample search
-    # time, the same top-1); the stored vectors and similarities stay float32. Rebuilds the index once,
-    # serially: a parallel build takes all of maintenance_work_mem from /dev/shm at once, and a
-    # container's is 64 MB unless raised (the pgvector images of docker-compose.yml and deploy/).
-    f"""
-    SET LOCAL maintenance_work_mem = '1GB';
-    SET LOCAL max_parallel_maintenance_workers = 0;
-    DROP INDEX faces_hnsw;
-    CREATE INDEX faces_hnsw ON faces USING hnsw ((embedding::halfvec({EMBEDDING_DIM})) halfvec_cosine_ops);
-    """,
-    # 3: centroid search scans binary-quantised centroids exactly (measured: HNSW over 200,000
-    # centroids of random people found the exact top-1 for 58 % of probes; this scan for 100 %).
-    # Adding the stored column rewrites the identities table once; its HNSW index goes.
-    f"""
-    ALTER TABLE identities ADD COLUMN centroid_bits bit({EMBEDDING_DIM})
-        GENERATED ALWAYS AS (binary_quantize(centroid)::bit({EMBEDDING_DIM})) STORED;
-    DROP INDEX identities_hnsw;
-    """,
-]
+# Binary COPY types of SAMPLE_COLUMNS (gallery.samples), in its order.
+FACE_MEASUREMENT_TYPES = ("float8",) * 6 + ("text",)
+INSERT_FACE_SQL = (
+    f"INSERT INTO faces (identity_id, embedding, created_at, model_sha256, {', '.join(SAMPLE_COLUMNS)})"
+    f" VALUES (%s, %s, %s, COALESCE(%s, (SELECT value FROM gallery_meta WHERE key = 'model_sha256'))"
+    f"{', %s' * len(SAMPLE_COLUMNS)}) RETURNING id"
+)
 
 IDENTITY_SQL = (
     "SELECT i.id, i.name, i.metadata, i.created_at, (SELECT COUNT(*) FROM faces f WHERE f.identity_id = i.id)"
@@ -124,7 +110,7 @@ class PgGallery:
         self.last_bulk_load: dict | None = None  # create_many's last load: sizes, path taken, seconds per phase
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
-        self._migrate()
+        migrate(url)
 
     # ---- plumbing
     def _connection(self) -> psycopg.Connection:
@@ -149,29 +135,6 @@ class PgGallery:
                     conn.rollback()
                 raise
 
-    def _migrate(self) -> None:
-        def operation(cursor: psycopg.Cursor) -> None:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            cursor.execute("CREATE TABLE IF NOT EXISTS frtriton_schema (version INTEGER NOT NULL)")
-            cursor.execute("SELECT version FROM frtriton_schema")
-            row = cursor.fetchone()
-            version = row[0] if row else 0
-            if row is None:
-                cursor.execute("INSERT INTO frtriton_schema (version) VALUES (0)")
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    cursor.execute(statement)
-                cursor.execute("UPDATE frtriton_schema SET version = %s", (number,))
-
-        with self._lock:  # the extension must exist before vectors are registered
-            conn = psycopg.connect(self.url, autocommit=False)
-            try:
-                with conn.cursor() as cursor:
-                    operation(cursor)
-                conn.commit()
-            finally:
-                conn.close()
-
     @staticmethod
     def _identity(cursor: psycopg.Cursor, identity_id: str) -> Identity:
         cursor.execute(IDENTITY_SQL + " WHERE i.id = %s", (identity_id,))
@@ -195,12 +158,19 @@ class PgGallery:
         )
 
     @staticmethod
-    def _insert_faces(cursor: psycopg.Cursor, identity_id: str, embeddings: np.ndarray) -> None:
-        stamp = now()
-        cursor.executemany(
-            "INSERT INTO faces (identity_id, embedding, created_at) VALUES (%s, %s, %s)",
-            [(identity_id, vector, stamp) for vector in as_vectors(embeddings)],
-        )
+    def _insert_faces(
+        cursor: psycopg.Cursor, identity_id: str, embeddings: np.ndarray, samples: Sequence[Sample] | None,
+        stamp: str,
+    ) -> tuple[int, ...]:
+        """Store the samples; their new ids, in order (one INSERT ... RETURNING each: a request holds a few)."""
+        ids = []
+        vectors = as_vectors(embeddings)
+        for vector, sample in zip(vectors, samples_for(len(vectors), samples), strict=True):
+            cursor.execute(INSERT_FACE_SQL, (identity_id, vector, stamp, sample.model_sha256, *sample_values(sample)))
+            ids.append(cursor.fetchone()[0])
+            if sample.crop:
+                cursor.execute("INSERT INTO face_crops (face_id, crop) VALUES (%s, %s)", (ids[-1], sample.crop))
+        return tuple(ids)
 
     def _should_rebuild(self, cursor: psycopg.Cursor, new_faces: int) -> bool:
         if new_faces < BULK_REBUILD_MIN_FACES:
@@ -255,74 +225,112 @@ class PgGallery:
         cursor.execute("RELEASE SAVEPOINT hnsw_build")
 
     # ---- the Gallery interface
-    def create(self, name: str, metadata: dict, embeddings: np.ndarray) -> Identity:
-        identity_id, stamp = new_id(), now()
+    def create(
+        self, name: str, metadata: dict, embeddings: np.ndarray, samples: Sequence[Sample] | None = None
+    ) -> Identity:
+        return self.create_many([(name, metadata, embeddings, samples)])[0]
 
-        def operation(cursor):
-            cursor.execute(
-                "INSERT INTO identities (id, name, metadata, created_at, updated_at) VALUES (%s, %s, %s, %s, %s)",
-                (identity_id, name, Jsonb(metadata), stamp, stamp),
-            )
-            self._insert_faces(cursor, identity_id, embeddings)
-            self._refresh_centroid(cursor, identity_id)
-            return self._identity(cursor, identity_id)
-
-        return self._run(operation)
-
-    def create_many(
-        self, people: Sequence[tuple[str, dict, np.ndarray]], *, rebuild_indexes: bool | None = None
-    ) -> list[Identity]:
+    def create_many(self, people: Sequence[Person], *, rebuild_indexes: bool | None = None) -> list[Identity]:
         """Create many people in one transaction (all or none): the same rows as create() for each.
 
-        Identities (with their centroids, computed here) and faces go in by binary COPY. When
+        `people`: (name, metadata, embeddings[, samples]) each. Identities (with their centroids,
+        computed here) and faces go in by binary COPY; the answers carry the new face ids. When
         the new faces are many next to those stored (`BULK_REBUILD_*`; `rebuild_indexes`
         overrides), the HNSW index of the samples is dropped first and built once at the end,
         with `maintenance_work_mem` sized to the graph (at most `bulk_memory_mb`): both tables
         are then locked (ACCESS EXCLUSIVE) until the commit, so every replica's searches and
         enrollments wait. Otherwise other connections go on reading the gallery as it was.
         """
-        people = list(people)
-        if not people:
+        loads = []
+        for name, metadata, embeddings, *rest in people:
+            vectors = as_vectors(embeddings)
+            if not len(vectors):
+                raise ValueError("every person needs at least one embedding")
+            loads.append((name, metadata, vectors, samples_for(len(vectors), rest[0] if rest else None)))
+        if not loads:
             return []
-        new_faces = sum(np.asarray(embeddings).size // EMBEDDING_DIM for _, _, embeddings in people)
-        ids = [new_id() for _ in people]
-        stamps = _increasing_stamps(len(people))
-
-        load: dict = {"people": len(people), "faces": new_faces}
+        new_faces = sum(len(vectors) for _, _, vectors, _ in loads)
+        ids = [new_id() for _ in loads]
+        stamps = _increasing_stamps(len(loads))
+        load: dict = {"people": len(loads), "faces": new_faces}
 
         def operation(cursor):
             started = time.perf_counter()
             rebuild = self._should_rebuild(cursor, new_faces) if rebuild_indexes is None else rebuild_indexes
             definitions = self._drop_hnsw_indexes(cursor) if rebuild else []
-            made = []
+            recorded = read_model(cursor)
+            default_model = recorded.sha256 if recorded else None
             with cursor.copy(
                 "COPY identities (id, name, metadata, centroid, created_at, updated_at) FROM STDIN (FORMAT BINARY)"
             ) as copy:
                 copy.set_types(["text", "text", "jsonb", "vector", "text", "text"])
-                for identity_id, stamp, (name, metadata, embeddings) in zip(ids, stamps, people, strict=True):
-                    vectors = as_vectors(embeddings)
+                for identity_id, stamp, (name, metadata, vectors, _) in zip(ids, stamps, loads, strict=True):
                     copy.write_row((identity_id, name, Jsonb(metadata), _centroid(vectors), stamp, stamp))
-                    made.append(Identity(identity_id, name, json.loads(json.dumps(metadata)), len(vectors), stamp))
-            with cursor.copy("COPY faces (identity_id, embedding, created_at) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["text", "vector", "text"])
-                for identity_id, stamp, (_, _, embeddings) in zip(ids, stamps, people, strict=True):
-                    for vector in as_vectors(embeddings):
-                        copy.write_row((identity_id, vector, stamp))
+            columns = ", ".join(("identity_id", "embedding", "created_at", "model_sha256", *SAMPLE_COLUMNS))
+            with cursor.copy(f"COPY faces ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "vector", "text", "text", *FACE_MEASUREMENT_TYPES])
+                for identity_id, stamp, (_, _, vectors, samples) in zip(ids, stamps, loads, strict=True):
+                    for vector, sample in zip(vectors, samples, strict=True):
+                        model = sample.model_sha256 or default_model
+                        copy.write_row((identity_id, vector, stamp, model, *sample_values(sample)))
+            # BIGSERIAL numbers the rows in COPY order: each person's ids, in the order of their embeddings.
+            cursor.execute("SELECT identity_id, id FROM faces WHERE identity_id = ANY(%s) ORDER BY id", (ids,))
+            face_ids: dict[str, list[int]] = {identity_id: [] for identity_id in ids}
+            for identity_id, face_id in cursor.fetchall():
+                face_ids[identity_id].append(face_id)
+            crops = [
+                (face_id, sample.crop)
+                for identity_id, (_, _, _, samples) in zip(ids, loads, strict=True)
+                for face_id, sample in zip(face_ids[identity_id], samples, strict=True)
+                if sample.crop
+            ]
+            if crops:
+                cursor.executemany("INSERT INTO face_crops (face_id, crop) VALUES (%s, %s)", crops)
             copied = time.perf_counter()
-            log.info("create_many: copied %d people, %d faces in %.1f s", len(people), new_faces, copied - started)
+            log.info("create_many: copied %d people, %d faces in %.1f s", len(loads), new_faces, copied - started)
             if definitions:
                 load["maintenance_work_mem_mb"] = self._build_hnsw_indexes(cursor, definitions)
             load.update(rebuilt_indexes=bool(rebuild), copy_s=copied - started, index_s=time.perf_counter() - copied)
-            return made
+            return [
+                Identity(identity_id, name, json.loads(json.dumps(metadata)), len(vectors), stamp,
+                         face_ids=tuple(face_ids[identity_id]))
+                for identity_id, stamp, (name, metadata, vectors, _) in zip(ids, stamps, loads, strict=True)
+            ]
 
         made = self._run(operation)
         self.last_bulk_load = load
         return made
 
-    def add_faces(self, identity_id: str, embeddings: np.ndarray) -> Identity:
+    def add_faces(
+        self, identity_id: str, embeddings: np.ndarray, samples: Sequence[Sample] | None = None
+    ) -> Identity:
         def operation(cursor):
             self._lock_identity(cursor, identity_id)
-            self._insert_faces(cursor, identity_id, embeddings)
+            ids = self._insert_faces(cursor, identity_id, embeddings, samples, now())
+            self._refresh_centroid(cursor, identity_id)
+            return replace(self._identity(cursor, identity_id), face_ids=ids)
+
+        return self._run(operation)
+
+    def faces(self, identity_id: str) -> list[StoredFace]:
+        def operation(cursor):
+            self._identity(cursor, identity_id)
+            cursor.execute(STORED_FACE_SQL + " FROM faces f WHERE f.identity_id = %s ORDER BY f.id", (identity_id,))
+            return [stored_face(row) for row in cursor.fetchall()]
+
+        return self._run(operation)
+
+    def delete_face(self, identity_id: str, face_id: int) -> Identity:
+        def operation(cursor):
+            self._lock_identity(cursor, identity_id)  # a concurrent delete of its other face waits
+            cursor.execute("SELECT identity_id FROM faces WHERE id = %s", (face_id,))
+            owner = cursor.fetchone()
+            if owner is None or owner[0] != identity_id:
+                raise FaceNotFound(identity_id, face_id)
+            cursor.execute("SELECT COUNT(*) FROM faces WHERE identity_id = %s", (identity_id,))
+            if cursor.fetchone()[0] == 1:
+                raise LastFace(identity_id, face_id)
+            cursor.execute("DELETE FROM faces WHERE id = %s", (face_id,))
             self._refresh_centroid(cursor, identity_id)
             return self._identity(cursor, identity_id)
 
@@ -422,6 +430,81 @@ class PgGallery:
             return cursor.fetchone()[0]
 
         return self._run(operation)
+
+    # ---- which recognizer made the embeddings
+    def model(self) -> ModelFingerprint | None:
+        return self._run(read_model)
+
+    def claim_model(self, served: ModelFingerprint) -> tuple[ModelFingerprint, int | None]:
+        def operation(cursor):
+            cursor.execute("LOCK TABLE gallery_meta IN EXCLUSIVE MODE")  # replicas starting together: one records
+            recorded = read_model(cursor)
+            if recorded is not None:
+                return recorded, None
+            write_model(cursor, served)
+            cursor.execute("UPDATE faces SET model_sha256 = %s WHERE model_sha256 IS NULL", (served.sha256,))
+            return served, cursor.rowcount
+
+        return self._run(operation)
+
+    def model_status(self, sha256: str) -> ModelStatus:
+        def operation(cursor):
+            cursor.execute(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE model_sha256 IS DISTINCT FROM %s) FROM faces", (sha256,)
+            )
+            total, pending = cursor.fetchone()
+            cursor.execute(  # the crop looked up for the pending samples only
+                "SELECT COUNT(*), COUNT(DISTINCT identity_id) FROM faces f WHERE f.model_sha256 IS DISTINCT FROM %s"
+                " AND NOT EXISTS (SELECT 1 FROM face_crops c WHERE c.face_id = f.id)",
+                (sha256,),
+            )
+            return ModelStatus(total, pending, *cursor.fetchone())
+
+        return self._run(operation)
+
+    def pending_crops(self, sha256: str, after_id: int, limit: int) -> list[PendingCrop]:
+        def operation(cursor):
+            cursor.execute(
+                "SELECT f.id, f.identity_id, c.crop FROM faces f JOIN face_crops c ON c.face_id = f.id"
+                " WHERE f.id > %s AND f.model_sha256 IS DISTINCT FROM %s ORDER BY f.id LIMIT %s",
+                (after_id, sha256, limit),
+            )
+            return [PendingCrop(face_id, identity_id, bytes(crop)) for face_id, identity_id, crop in cursor.fetchall()]
+
+        return self._run(operation)
+
+    def replace_embeddings(self, updates: Sequence[tuple[int, np.ndarray]], sha256: str) -> int:
+        def operation(cursor):
+            face_ids = [face_id for face_id, _ in updates]
+            # the people first, in one order (as every other write locks them): no deadlock
+            cursor.execute(
+                "SELECT id FROM identities WHERE id IN (SELECT identity_id FROM faces WHERE id = ANY(%s))"
+                " ORDER BY id FOR UPDATE",
+                (face_ids,),
+            )
+            people = [row[0] for row in cursor.fetchall()]
+            updated = 0
+            for face_id, vector in updates:
+                cursor.execute(
+                    "UPDATE faces SET embedding = %s, model_sha256 = %s WHERE id = %s",
+                    (as_vectors(vector)[0], sha256, face_id),
+                )
+                updated += cursor.rowcount
+            for identity_id in people:
+                self._refresh_centroid(cursor, identity_id)
+            return updated
+
+        return self._run(operation)
+
+    def finish_model_change(self, target: ModelFingerprint) -> None:
+        def operation(cursor):
+            cursor.execute("LOCK TABLE gallery_meta IN EXCLUSIVE MODE")
+            cursor.execute("SELECT COUNT(*) FROM faces WHERE model_sha256 IS DISTINCT FROM %s", (target.sha256,))
+            if (count := cursor.fetchone()[0]) > 0:
+                raise ModelChangeIncomplete(count, target)
+            write_model(cursor, target)
+
+        self._run(operation)
 
     def close(self) -> None:
         with self._lock:

@@ -4,7 +4,8 @@ Search runs on an in-memory index (`gallery.live_index`: exact below a size, sig
 above it, persisted beside the file) kept in step with the database through a generation
 counter and a table of the people each write touched: after this process's own commits and
 whenever another process (a replica on the same file) committed, only the people changed
-since are read again.
+since are read again. The schema and those reads are in `gallery.sqlite_schema`; each sample's
+measurements, crop and model in `gallery.samples`.
 """
 
 from __future__ import annotations
@@ -12,136 +13,50 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from gallery.index import FaceIndex, PersonRows
 from gallery.live_index import IndexConfig, LiveIndex, Stamp
-from gallery.store import EMBEDDING_DIM, SCORINGS, Identity, IdentityNotFound, Match, as_vectors, new_id, now
-
-# --------------------------------------------------------------------------- SQLite
-MIGRATIONS: list[str] = [
-    # 1: people and their face samples
-    """
-    CREATE TABLE identities (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        metadata TEXT NOT NULL DEFAULT '{}',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE TABLE faces (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
-        embedding BLOB NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE INDEX faces_by_identity ON faces(identity_id);
-    CREATE INDEX identities_by_created ON identities(created_at, id);
-    """,
-    # 2: what the search index needs to catch up: a generation counter bumped by every write,
-    # the generation of the last wipe, the lineage (epoch, set per database and per restore),
-    # and the people each write touched.
-    """
-    CREATE TABLE gallery_meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    INSERT INTO gallery_meta (key, value) VALUES ('generation', '0'), ('reset_generation', '0');
-    CREATE TABLE identity_changes (
-        identity_id TEXT PRIMARY KEY,
-        generation INTEGER NOT NULL
-    );
-    CREATE INDEX identity_changes_by_generation ON identity_changes(generation);
-    """,
-]
-READ_CHUNK = 20_000  # rows fetched at a time when reading every sample
-
-
-def migrate(db: sqlite3.Connection) -> None:
-    """Bring `db` to the newest schema in one IMMEDIATE transaction (also used on a backup being restored)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in filter(str.strip, script.split(";")):
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version={number}")
-        db.execute("INSERT OR IGNORE INTO gallery_meta (key, value) VALUES ('epoch', ?)", (uuid.uuid4().hex,))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-
-
-def new_epoch(db: sqlite3.Connection) -> None:
-    """Mark `db` as a new lineage (a restored backup): indexes made before cannot catch up with it."""
-    db.execute("UPDATE gallery_meta SET value = ? WHERE key = 'epoch'", (uuid.uuid4().hex,))
-
-
-def read_stamp(db: sqlite3.Connection) -> Stamp:
-    meta = dict(db.execute("SELECT key, value FROM gallery_meta").fetchall())
-    return Stamp(meta["epoch"], int(meta["generation"]), int(meta["reset_generation"]))
-
-
-def _group(rows: Iterable[Sequence]) -> list[PersonRows]:
-    """(identity id, name, face id, embedding bytes) rows, grouped by identity -> one PersonRows each.
-
-    A row with a NULL face id stands for a person with no samples (deleted): empty arrays.
-    """
-    people: list[PersonRows] = []
-    current, name, keys, blobs = None, "", [], []
-    for identity_id, row_name, face_id, blob in [*rows, (None, None, None, None)]:
-        if identity_id != current:
-            if current is not None:
-                vectors = np.frombuffer(b"".join(blobs), np.float32).reshape(-1, EMBEDDING_DIM)
-                people.append((current, name or "", np.asarray(keys, np.int64), vectors))
-            current, name, keys, blobs = identity_id, row_name, [], []
-        if face_id is not None:
-            keys.append(face_id)
-            blobs.append(blob)
-    return people
-
-
-
-# One identity with its sample count; callers add WHERE / ORDER BY.
-IDENTITY_SQL = (
-    "SELECT i.id, i.name, i.metadata, i.created_at, (SELECT COUNT(*) FROM faces f WHERE f.identity_id = i.id)"
-    " FROM identities i"
+from gallery.samples import SAMPLE_COLUMNS, STORED_FACE_SQL, sample_values, samples_for, stored_face
+from gallery.sqlite_schema import (
+    IDENTITY_SQL,
+    group_rows,
+    identity_from_row,
+    migrate,
+    read_everyone,
+    read_model,
+    read_stamp,
+    write_model,
+)
+from gallery.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported: tests read it here
+from gallery.store import (
+    SCORINGS,
+    FaceNotFound,
+    Identity,
+    IdentityNotFound,
+    LastFace,
+    Match,
+    ModelChangeIncomplete,
+    ModelFingerprint,
+    ModelStatus,
+    PendingCrop,
+    Person,
+    Sample,
+    StoredFace,
+    as_vectors,
+    new_id,
+    now,
 )
 
-
-def read_everyone(db: sqlite3.Connection) -> FaceIndex:
-    """An exact index of every stored sample (call inside a read transaction), read in chunks."""
-    cursor = db.execute(
-        "SELECT f.identity_id, i.name, f.id, f.embedding FROM faces f JOIN identities i ON i.id = f.identity_id"
-        " ORDER BY f.identity_id, f.id"
-    )
-    ids: list[str] = []
-    names: list[str] = []
-    counts: list[int] = []
-    keys: list[np.ndarray] = []
-    vectors: list[np.ndarray] = []
-    while chunk := cursor.fetchmany(READ_CHUNK):
-        for identity_id, name, _, _ in chunk:
-            if not ids or ids[-1] != identity_id:
-                ids.append(identity_id)
-                names.append(name)
-                counts.append(0)
-            counts[-1] += 1
-        keys.append(np.fromiter((row[2] for row in chunk), np.int64, len(chunk)))
-        vectors.append(np.frombuffer(b"".join(row[3] for row in chunk), np.float32).reshape(-1, EMBEDDING_DIM))
-    if not ids:
-        return FaceIndex()
-    return FaceIndex.from_flat(ids, names, np.asarray(counts), np.concatenate(keys), np.concatenate(vectors))
-
-
-def _identity_from_row(row: Sequence) -> Identity:
-    return Identity(row[0], row[1], json.loads(row[2]), row[4], row[3])
-
+INSERT_FACE_SQL = (
+    f"INSERT INTO faces (identity_id, embedding, created_at, model_sha256, {', '.join(SAMPLE_COLUMNS)})"
+    f" VALUES (?, ?, ?, COALESCE(?, (SELECT value FROM gallery_meta WHERE key = 'model_sha256'))"
+    f"{', ?' * len(SAMPLE_COLUMNS)})"
+)
 
 class SqliteGallery:
     """Embedded gallery: one SQLite file, WAL, every operation one transaction."""
@@ -199,14 +114,37 @@ class SqliteGallery:
         row = db.execute(IDENTITY_SQL + " WHERE i.id = ?", (identity_id,)).fetchone()
         if row is None:
             raise IdentityNotFound(identity_id)
-        return _identity_from_row(row)
+        return identity_from_row(row)
 
     @staticmethod
-    def _insert_faces(db: sqlite3.Connection, identity_id: str, embeddings: np.ndarray, stamp: str) -> None:
+    def _insert_faces(
+        db: sqlite3.Connection, people: Sequence[tuple[str, np.ndarray, list[Sample]]], stamp: str
+    ) -> list[tuple[int, ...]]:
+        """Store each (identity id, (K, 512) vectors, K samples); the new face ids of each, in order.
+
+        Inside the IMMEDIATE transaction nobody else inserts, and AUTOINCREMENT ids only grow, so
+        the rows above the largest id before are these, in the order they were inserted.
+        """
+        flat = [(identity_id, vector, sample) for identity_id, vectors, samples in people
+                for vector, sample in zip(vectors, samples, strict=True)]
+        before = db.execute("SELECT COALESCE(MAX(id), 0) FROM faces").fetchone()[0]
         db.executemany(
-            "INSERT INTO faces (identity_id, embedding, created_at) VALUES (?, ?, ?)",
-            [(identity_id, vector.tobytes(), stamp) for vector in as_vectors(embeddings)],
+            INSERT_FACE_SQL,
+            [(identity_id, vector.tobytes(), stamp, sample.model_sha256, *sample_values(sample))
+             for identity_id, vector, sample in flat],
         )
+        ids = [row[0] for row in db.execute("SELECT id FROM faces WHERE id > ? ORDER BY id", (before,))]
+        if len(ids) != len(flat):
+            raise RuntimeError(f"stored {len(flat)} face samples but found {len(ids)} new rows")
+        db.executemany(
+            "INSERT INTO face_crops (face_id, crop) VALUES (?, ?)",
+            [(face_id, sample.crop) for face_id, (_, _, sample) in zip(ids, flat, strict=True) if sample.crop],
+        )
+        out, start = [], 0
+        for _, vectors, _ in people:
+            out.append(tuple(ids[start : start + len(vectors)]))
+            start += len(vectors)
+        return out
 
     # ---- the index's view of the database (gallery.live_index.Source)
     def stamp(self) -> Stamp:
@@ -226,7 +164,7 @@ class SqliteGallery:
                 ).fetchall()
             finally:
                 self._db.execute("COMMIT")
-        return stamp, _group(rows)
+        return stamp, group_rows(rows)
 
     def everyone(self) -> tuple[Stamp, FaceIndex]:
         """Read on a connection of its own: the gallery's stays free for writes meanwhile."""
@@ -249,41 +187,75 @@ class SqliteGallery:
                 " ORDER BY identity_id, id",
                 identity_ids,
             ).fetchall()
-        return {identity_id: vectors for identity_id, _, _, vectors in _group(rows)}
+        return {identity_id: vectors for identity_id, _, _, vectors in group_rows(rows)}
 
     # ---- the Gallery interface
-    def create(self, name: str, metadata: dict, embeddings: np.ndarray) -> Identity:
-        return self.create_many([(name, metadata, embeddings)])[0]
+    def create(
+        self, name: str, metadata: dict, embeddings: np.ndarray, samples: Sequence[Sample] | None = None
+    ) -> Identity:
+        return self.create_many([(name, metadata, embeddings, samples)])[0]
 
-    def create_many(self, people: Sequence[tuple[str, dict, np.ndarray]]) -> list[Identity]:
+    def create_many(self, people: Sequence[Person]) -> list[Identity]:
         """Enroll several people in one transaction (bulk loads): all stored, or none."""
         stamp = now()
-        made = [(new_id(), name, metadata, as_vectors(embeddings)) for name, metadata, embeddings in people]
-        if any(not len(vectors) for *_, vectors in made):
+        made = []
+        for name, metadata, embeddings, *rest in people:
+            vectors = as_vectors(embeddings)
+            made.append((new_id(), name, metadata, vectors, samples_for(len(vectors), rest[0] if rest else None)))
+        if any(not len(vectors) for _, _, _, vectors, _ in made):
             raise ValueError("every person needs at least one embedding")
 
         def operation(db):
             db.executemany(
                 "INSERT INTO identities (id, name, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                [(identity_id, name, json.dumps(metadata), stamp, stamp) for identity_id, name, metadata, _ in made],
+                [(identity_id, name, json.dumps(metadata), stamp, stamp) for identity_id, name, metadata, *_ in made],
             )
-            db.executemany(
-                "INSERT INTO faces (identity_id, embedding, created_at) VALUES (?, ?, ?)",
-                [(identity_id, row.tobytes(), stamp) for identity_id, _, _, vectors in made for row in vectors],
-            )
-            return [Identity(identity_id, name, metadata, len(vectors), stamp)
-                    for identity_id, name, metadata, vectors in made]
+            face_ids = self._insert_faces(db, [(i, vectors, samples) for i, _, _, vectors, samples in made], stamp)
+            return [Identity(identity_id, name, metadata, len(vectors), stamp, ids)
+                    for (identity_id, name, metadata, vectors, _), ids in zip(made, face_ids, strict=True)]
 
         return self._write(operation, lambda created: [identity.id for identity in created])
 
-    def add_faces(self, identity_id: str, embeddings: np.ndarray) -> Identity:
+    def add_faces(
+        self, identity_id: str, embeddings: np.ndarray, samples: Sequence[Sample] | None = None
+    ) -> Identity:
+        vectors = as_vectors(embeddings)
+        chosen = samples_for(len(vectors), samples)
+
         def operation(db):
             self._identity(db, identity_id)
-            self._insert_faces(db, identity_id, embeddings, now())
+            stamp = now()
+            [ids] = self._insert_faces(db, [(identity_id, vectors, chosen)], stamp)
+            db.execute("UPDATE identities SET updated_at = ? WHERE id = ?", (stamp, identity_id))
+            return replace(self._identity(db, identity_id), face_ids=ids)
+
+        return self._write(operation, lambda found: [found.id])
+
+    def faces(self, identity_id: str) -> list[StoredFace]:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._identity(self._db, identity_id)
+                rows = self._db.execute(
+                    STORED_FACE_SQL + " FROM faces f WHERE f.identity_id = ? ORDER BY f.id", (identity_id,)
+                ).fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        return [stored_face(row) for row in rows]
+
+    def delete_face(self, identity_id: str, face_id: int) -> Identity:
+        def operation(db):
+            self._identity(db, identity_id)
+            owner = db.execute("SELECT identity_id FROM faces WHERE id = ?", (face_id,)).fetchone()
+            if owner is None or owner[0] != identity_id:
+                raise FaceNotFound(identity_id, face_id)
+            if db.execute("SELECT COUNT(*) FROM faces WHERE identity_id = ?", (identity_id,)).fetchone()[0] == 1:
+                raise LastFace(identity_id, face_id)
+            db.execute("DELETE FROM faces WHERE id = ?", (face_id,))
             db.execute("UPDATE identities SET updated_at = ? WHERE id = ?", (now(), identity_id))
             return self._identity(db, identity_id)
 
-        return self._write(operation, lambda found: [found.id])
+        return self._write(operation, lambda _: [identity_id])
 
     def get(self, identity_id: str) -> Identity:
         with self._lock:
@@ -295,7 +267,7 @@ class SqliteGallery:
             rows = self._db.execute(
                 IDENTITY_SQL + " ORDER BY i.created_at, i.id LIMIT ? OFFSET ?", (limit, offset)
             ).fetchall()
-        return total, [_identity_from_row(row) for row in rows]
+        return total, [identity_from_row(row) for row in rows]
 
     def update(self, identity_id: str, name: str | None, metadata: dict | None) -> Identity:
         def operation(db):
@@ -353,6 +325,70 @@ class SqliteGallery:
     def face_count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+
+    # ---- which recognizer made the embeddings (every change through _write: the index catches up)
+    def model(self) -> ModelFingerprint | None:
+        with self._lock:
+            return read_model(self._db)
+
+    def claim_model(self, served: ModelFingerprint) -> tuple[ModelFingerprint, int | None]:
+        def operation(db):
+            recorded = read_model(db)
+            if recorded is not None:
+                return recorded, None
+            write_model(db, served)
+            stamped = db.execute("UPDATE faces SET model_sha256 = ? WHERE model_sha256 IS NULL", (served.sha256,))
+            return served, stamped.rowcount
+
+        return self._write(operation, lambda _: [])  # no embedding changes
+
+    def model_status(self, sha256: str) -> ModelStatus:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                total, pending = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(model_sha256 IS NOT ?), 0) FROM faces", (sha256,)
+                ).fetchone()
+                uncropped, people = self._db.execute(  # the crop looked up for the pending samples only
+                    "SELECT COUNT(*), COUNT(DISTINCT identity_id) FROM faces f WHERE f.model_sha256 IS NOT ?"
+                    " AND NOT EXISTS (SELECT 1 FROM face_crops c WHERE c.face_id = f.id)",
+                    (sha256,),
+                ).fetchone()
+            finally:
+                self._db.execute("COMMIT")
+        return ModelStatus(total, pending, uncropped, people)
+
+    def pending_crops(self, sha256: str, after_id: int, limit: int) -> list[PendingCrop]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT f.id, f.identity_id, c.crop FROM faces f JOIN face_crops c ON c.face_id = f.id"
+                " WHERE f.id > ? AND f.model_sha256 IS NOT ? ORDER BY f.id LIMIT ?",
+                (after_id, sha256, limit),
+            ).fetchall()
+        return [PendingCrop(face_id, identity_id, bytes(crop)) for face_id, identity_id, crop in rows]
+
+    def replace_embeddings(self, updates: Sequence[tuple[int, np.ndarray]], sha256: str) -> int:
+        def operation(db):
+            owners = []  # the identity of every sample updated (a sample deleted meanwhile has none)
+            for face_id, vector in updates:
+                row = db.execute(
+                    "UPDATE faces SET embedding = ?, model_sha256 = ? WHERE id = ? RETURNING identity_id",
+                    (as_vectors(vector)[0].tobytes(), sha256, face_id),
+                ).fetchone()
+                if row is not None:
+                    owners.append(row[0])
+            return owners
+
+        return len(self._write(operation, lambda owners: sorted(set(owners))))
+
+    def finish_model_change(self, target: ModelFingerprint) -> None:
+        def operation(db):
+            remaining = db.execute("SELECT COUNT(*) FROM faces WHERE model_sha256 IS NOT ?", (target.sha256,))
+            if (count := remaining.fetchone()[0]) > 0:
+                raise ModelChangeIncomplete(count, target)
+            write_model(db, target)
+
+        self._write(operation, lambda _: [])
 
     def close(self) -> None:
         self.index.close()

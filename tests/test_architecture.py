@@ -99,9 +99,11 @@ FORBIDDEN = [
     (("vision",), ("pipeline", "usecases", "api", "app", "triton_service", "gallery")),
     (("pipeline",), ("usecases", "api", "app", "gallery")),
     (("usecases",), ("api", "app", "fastapi", "starlette")),
-    (("gallery",), ("api", "app", "usecases", "pipeline", "fastapi")),
+    # the gallery stores and searches vectors: it never computes one (re-embedding is usecases.reembed)
+    (("gallery",), ("api", "app", "usecases", "pipeline", "triton_service", "imaging", "vision", "fastapi")),
     (("api",), ("pipeline", "triton_service", "gallery.sqlite", "gallery.postgres", "gallery.factory")),
     (("imaging", "telemetry", "model_tools"), ("api", "app", "usecases")),
+    (("imaging",), ("gallery", "pipeline", "triton_service")),  # pixels in, pixels or bytes out
 ]
 
 

@@ -2,7 +2,9 @@
 
 A photo is enrolled only when its main face is usable: one face clearly the subject, large,
 sharp and frontal enough (`vision.quality`, limits from Settings). Every other photo is
-returned with the reason it was refused; a request with no usable photo stores nothing.
+returned with the reason it was refused; a request with no usable photo stores nothing. Each
+stored sample keeps what the gate measured (size, sharpness, detection score, head pose), the
+uploaded file's name, and its aligned crop (GALLERY_KEEP_CROPS), to re-embed it from.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from errors import FaceServiceError, ImageTooLarge, InvalidImage, NoUsableFace
-from gallery.store import Gallery, Identity
+from gallery.store import Gallery, Identity, Sample
+from imaging.crops import encode_crop
 from imaging.decode import Upload, read_upload
 from pipeline import FacePipeline
 from settings import Settings
+from usecases.gallery_model import GalleryModel
 from usecases.liveness import LivenessCheck
 from vision.alignment import align_faces
 from vision.detections import Detections, has_clear_subject, primary_face
-from vision.quality import QualityLimits, face_quality, face_size, quality_problem
+from vision.quality import FaceQuality, QualityLimits, face_quality, face_size, quality_problem
 
 # One uploaded photo after decoding: (H, W, 3) RGB pixels, or the decoding error that
 # becomes this photo's refusal reason.
@@ -40,47 +44,96 @@ class Enrolled:
     refused: list[Refused]
 
 
-def enrollment_problem(image: np.ndarray, found: Detections, settings: Settings, crop_size: int) -> str | None:
-    """Why the main face of one photo should not be enrolled, or None (vision.quality's checks).
+@dataclass(frozen=True)
+class Assessment:
+    """One photo's main face judged for enrollment: why it is refused (None: usable), and what was
+    measured on the way (the main face's index, its quality and aligned crop; None when it was
+    refused before they were measured)."""
+
+    problem: str | None
+    main: int | None = None
+    quality: FaceQuality | None = None
+    crop: np.ndarray | None = None  # (S, S, 3) uint8 RGB: what the recognizer embedded
+
+
+def assess(image: np.ndarray, found: Detections, settings: Settings, crop_size: int) -> Assessment:
+    """Why the main face of one photo should not be enrolled, or None, with its measurements (vision.quality).
 
     Several faces: refused when none is clearly the subject (a group photo); a portrait with
     smaller, off-centre bystanders passes unless ENROLL_SINGLE_FACE_ONLY, which refuses any
     second face of enrollable size.
     """
     if len(found) == 0:
-        return "no face detected"
+        return Assessment("no face detected")
     if not has_clear_subject(found.boxes, image.shape[:2]):
-        return f"more than one face ({len(found)}) and none is clearly the subject: use a photo of the person"
+        return Assessment(
+            f"more than one face ({len(found)}) and none is clearly the subject: use a photo of the person"
+        )
     if settings.enroll_single_face_only:
         sizable = sum(face_size(points) >= settings.enroll_min_face_size for points in found.landmarks)
         if sizable > 1:
-            return f"more than one face ({sizable}): use a photo of the person alone"
+            return Assessment(f"more than one face ({sizable}): use a photo of the person alone")
     main = primary_face(found.boxes, image.shape[:2])
     crop = align_faces(image, found.landmarks[main : main + 1], crop_size)[0]
-    return quality_problem(face_quality(found.landmarks[main], crop), QualityLimits.from_settings(settings))
+    quality = face_quality(found.landmarks[main], crop)
+    return Assessment(quality_problem(quality, QualityLimits.from_settings(settings)), main, quality, crop)
+
+
+def sample_of(assessment: Assessment, score: float, source: str | None, crop: bytes | None,
+              model_sha256: str | None) -> Sample:
+    """What the gallery stores beside a usable face's embedding: the gate's own measurements."""
+    quality = assessment.quality
+    return Sample(face_size=quality.size, sharpness=quality.sharpness, detection_score=score, yaw=quality.yaw,
+                  pitch=quality.pitch, roll=quality.roll, source=source or None, crop=crop, model_sha256=model_sha256)
+
+
+@dataclass(frozen=True)
+class Usable:
+    """One usable photo: its position in the request, pixels, main face, embedding and assessment."""
+
+    index: int
+    image: np.ndarray
+    face: Detections
+    embedding: np.ndarray
+    assessment: Assessment
 
 
 class Enrollment:
     """Enroll people and add photos to them, refusing unusable photos with reasons."""
 
-    def __init__(self, pipeline: FacePipeline, gallery: Gallery, liveness: LivenessCheck, settings: Settings) -> None:
+    def __init__(
+        self, pipeline: FacePipeline, gallery: Gallery, liveness: LivenessCheck, settings: Settings,
+        model: GalleryModel | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.gallery = gallery
         self.liveness = liveness
         self.settings = settings
+        self.model = model  # checks the served recognizer is the gallery's before anything is stored
 
     async def enroll(self, name: str, metadata: dict, uploads: Sequence[Upload]) -> Enrolled:
-        """A new identity from the usable photos; raises NoUsableFace (nothing stored) when none is."""
-        vectors, refused = await self.usable_embeddings(await self.read_photos(uploads))
-        identity = await asyncio.to_thread(self.gallery.create, name, metadata, vectors)
+        """A new identity from the usable photos; raises NoUsableFace (nothing stored) when none is.
+
+        The answer's `identity.face_ids` are the new samples' ids, in the order of the usable photos."""
+        model = await self.checked_model()
+        vectors, samples, refused = await self.usable_samples(await self.read_photos(uploads), uploads, model)
+        identity = await asyncio.to_thread(self.gallery.create, name, metadata, vectors, samples)
         return Enrolled(identity, refused)
 
     async def add_faces(self, identity_id: str, uploads: Sequence[Upload]) -> Enrolled:
         """The usable photos added to an existing identity (IdentityNotFound before anything is read)."""
         await asyncio.to_thread(self.gallery.get, identity_id)
-        vectors, refused = await self.usable_embeddings(await self.read_photos(uploads))
-        identity = await asyncio.to_thread(self.gallery.add_faces, identity_id, vectors)
+        model = await self.checked_model()
+        vectors, samples, refused = await self.usable_samples(await self.read_photos(uploads), uploads, model)
+        identity = await asyncio.to_thread(self.gallery.add_faces, identity_id, vectors, samples)
         return Enrolled(identity, refused)
+
+    async def checked_model(self) -> str | None:
+        """sha256 of the served recognizer once it is known to be the gallery's (GalleryModelMismatch: 503)."""
+        if self.model is None:
+            return None
+        served = await self.model.ensure()
+        return served.sha256 if served else None
 
     async def read_photos(self, uploads: Sequence[Upload]) -> list[Photo]:
         """Each upload decoded within the limits, or the error that becomes its refusal reason."""
@@ -97,8 +150,12 @@ class Enrollment:
                 photos.append(error)
         return photos
 
-    async def usable_embeddings(self, photos: Sequence[Photo]) -> tuple[np.ndarray, list[Refused]]:
-        """(K, D) embeddings of the usable photos' main faces, and every other photo with its reason."""
+    async def usable_samples(
+        self, photos: Sequence[Photo], uploads: Sequence[Upload] = (), model_sha256: str | None = None
+    ) -> tuple[np.ndarray, list[Sample], list[Refused]]:
+        """(K, D) embeddings of the usable photos' main faces with what to store beside each (their
+        measurements, the uploads' file names, their crops when GALLERY_KEEP_CROPS), and every other
+        photo with its reason. Raises NoUsableFace when no photo is usable."""
         refused = [Refused(i, p.message) for i, p in enumerate(photos) if isinstance(p, FaceServiceError)]
         positions = [i for i, p in enumerate(photos) if not isinstance(p, FaceServiceError)]
         images = [photos[i] for i in positions]
@@ -106,32 +163,36 @@ class Enrollment:
             await self.pipeline.require_liveness()  # a clear 503 before any work when it cannot be checked
         results = await self.pipeline.faces_with_embeddings(images) if images else []
         crop_size = await self.pipeline.crop_size()
-        usable = []  # (index, image, main face, its embedding)
+        usable: list[Usable] = []
         for index, image, (found, embeddings) in zip(positions, images, results, strict=True):
-            reason = enrollment_problem(image, found, self.settings, crop_size)
-            if reason is None:
-                main = primary_face(found.boxes, image.shape[:2])
-                usable.append((index, image, found.take([main]), embeddings[main]))
+            assessment = assess(image, found, self.settings, crop_size)
+            if assessment.problem is None:
+                main = assessment.main
+                usable.append(Usable(index, image, found.take([main]), embeddings[main], assessment))
             else:
-                refused.append(Refused(index, reason))
+                refused.append(Refused(index, assessment.problem))
         if self.settings.enroll_require_live and usable:
             usable, spoofed = await self.live_only(usable)
             refused += spoofed
-        vectors = [embedding for _, _, _, embedding in usable]
         refused.sort(key=lambda r: r.index)
-        if not vectors:
+        if not usable:
             raise NoUsableFace("; ".join(f"image {r.index}: {r.reason}" for r in refused))
-        return np.stack(vectors), refused
+        keep = self.settings.gallery_keep_crops
+        crops = await asyncio.to_thread(lambda: [encode_crop(u.assessment.crop) if keep else None for u in usable])
+        names = [getattr(upload, "filename", None) for upload in uploads] or [None] * len(photos)
+        samples = [sample_of(u.assessment, float(u.face.scores[0]), names[u.index], crop, model_sha256)
+                   for u, crop in zip(usable, crops, strict=True)]
+        return np.stack([u.embedding for u in usable]), samples, refused
 
-    async def live_only(self, usable: list) -> tuple[list, list[Refused]]:
+    async def live_only(self, usable: list[Usable]) -> tuple[list[Usable], list[Refused]]:
         """ENROLL_REQUIRE_LIVE: the photos whose main face the anti-spoofing model calls live, and the rest."""
-        verdicts = await self.liveness.verdicts([u[1] for u in usable], [u[2] for u in usable])
+        verdicts = await self.liveness.verdicts([u.image for u in usable], [u.face for u in usable])
         live, spoofed = [], []
         for item, [verdict] in zip(usable, verdicts, strict=True):
             if verdict.is_real:
                 live.append(item)
             else:
-                spoofed.append(Refused(item[0], (
+                spoofed.append(Refused(item.index, (
                     f"looks like a photo of a photo or a screen, not a live face "
                     f"(real score {verdict.real_score:.2f}; at least {self.liveness.threshold:g})"
                 )))

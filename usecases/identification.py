@@ -14,6 +14,7 @@ import numpy as np
 from gallery.store import Gallery, Match
 from pipeline import FacePipeline
 from settings import Settings
+from usecases.gallery_model import GalleryModel
 from usecases.liveness import LivenessCheck, Verdict
 from vision.attributes import FaceAttributes, face_attributes
 from vision.detections import Detections
@@ -38,12 +39,16 @@ class Identified:
 
 
 class Identification:
-    def __init__(self, pipeline: FacePipeline, gallery: Gallery, liveness: LivenessCheck, settings: Settings) -> None:
+    def __init__(
+        self, pipeline: FacePipeline, gallery: Gallery, liveness: LivenessCheck, settings: Settings,
+        model: GalleryModel | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.gallery = gallery
         self.liveness = liveness
         self.settings = settings
         self.limits = QualityLimits.from_settings(settings)
+        self.model = model  # the served recognizer must be the one that made the gallery
 
     async def identify(
         self, image: np.ndarray, top_k: int, threshold: float | None = None, liveness: bool = False
@@ -53,6 +58,8 @@ class Identification:
         With `liveness` every face also gets its verdict (LivenessUnavailable when not installed).
         """
         cut = self.settings.identify_threshold if threshold is None else threshold
+        if self.model is not None:
+            await self.model.ensure()  # GalleryModelMismatch (503) rather than matches of another model
         if liveness:
             await self.pipeline.require_liveness()
         [aligned] = await self.pipeline.aligned_faces([image])

@@ -1,4 +1,4 @@
-"""Use cases on the enrolled people themselves: list, read, rename, merge, delete.
+"""Use cases on the enrolled people themselves: list, read, rename, merge, delete; their face samples.
 
 The gallery is synchronous (SQLite, psycopg); each call runs in a worker thread so the event
 loop keeps serving.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from errors import SameIdentity
-from gallery.store import Gallery, Identity
+from gallery.store import Gallery, Identity, StoredFace
 
 
 class People:
@@ -30,6 +30,14 @@ class People:
         if source_id == target_id:
             raise SameIdentity("source_id is the identity itself: nothing to merge")
         return await asyncio.to_thread(self.gallery.merge, target_id, source_id)
+
+    async def faces(self, identity_id: str) -> list[StoredFace]:
+        """The person's samples, oldest first, each with what was measured at its enrollment."""
+        return await asyncio.to_thread(self.gallery.faces, identity_id)
+
+    async def delete_face(self, identity_id: str, face_id: int) -> Identity:
+        """Remove one sample (FaceNotFound, LastFace: a person keeps at least one; delete the person instead)."""
+        return await asyncio.to_thread(self.gallery.delete_face, identity_id, face_id)
 
     async def delete(self, identity_id: str) -> None:
         await asyncio.to_thread(self.gallery.delete, identity_id)

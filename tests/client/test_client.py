@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import ApiProcess, photo, unused_port
 from frtriton_client import (
+    Conflict,
     ConnectionFailed,
     Embedding,
     EnrollmentQuality,
@@ -269,6 +270,37 @@ def test_enrolling_only_unusable_photos_raises_no_face_detected_and_stores_nothi
     assert caught.value.status == 422
     assert "image 0: no face detected" in caught.value.detail
     assert name not in {i.name for i in client.list_identities(limit=1000).identities}
+
+
+def test_faces_lists_each_sample_with_its_quality_and_delete_face_removes_all_but_the_last(
+    client: FRTritonClient,
+) -> None:
+    enrolled = client.enroll(fresh_name(), [photo("yaoming.jpg"), photo("t1.jpg"), photo("Tom_Hanks_54745.png")])
+    try:
+        assert len(enrolled.face_ids) == 2 and [r.index for r in enrolled.rejected] == [1]
+        faces = client.faces(enrolled.id)
+        assert [f.id for f in faces] == list(enrolled.face_ids)
+        assert [f.source for f in faces] == ["yaoming.jpg", "Tom_Hanks_54745.png"]
+        for face in faces:
+            assert face.has_crop and face.quality.sharpness > 20 and face.quality.face_size > 40
+            assert 0.5 <= face.quality.detection_score <= 1 and abs(face.pose.yaw) < 60 and face.pose.roll is not None
+        more = client.add_faces(enrolled.id, photo("yaoming.jpg"))
+        assert len(more.face_ids) == 1 and more.face_ids[0] > max(enrolled.face_ids)
+
+        left = client.delete_face(enrolled.id, enrolled.face_ids[1])
+        assert (left.id, left.num_faces) == (enrolled.id, 2)
+        with pytest.raises(NotFound):
+            client.delete_face(enrolled.id, enrolled.face_ids[1])  # already gone
+        client.delete_face(enrolled.id, enrolled.face_ids[0])
+        with pytest.raises(Conflict) as caught:
+            client.delete_face(enrolled.id, more.face_ids[0])
+        assert caught.value.status == 409 and "delete the identity instead" in caught.value.detail
+        assert isinstance(caught.value, InvalidRequest)
+        assert [f.id for f in client.faces(enrolled.id)] == list(more.face_ids)
+    finally:
+        client.delete(enrolled.id)
+    with pytest.raises(NotFound):
+        client.faces(enrolled.id)
 
 
 def test_merging_moves_the_faces_and_removes_the_source(client: FRTritonClient) -> None:

@@ -20,7 +20,8 @@ import pytest
 from conftest import ROOT, ApiProcess, photo
 from gallery.backup import BACKUP_FILE_MODE, SCHEMA_VERSION, BackupError, backup, restore, verify
 from gallery.sqlite import SqliteGallery
-from gallery.store import EMBEDDING_DIM, IdentityNotFound, as_vectors
+from gallery.sqlite_schema import MIGRATIONS
+from gallery.store import EMBEDDING_DIM, IdentityNotFound, ModelFingerprint, Sample, as_vectors
 
 FACES_PER_PERSON = 3
 PAGE_SIZE = 4096  # SQLite's default: the first page holds the header and the schema
@@ -126,6 +127,49 @@ def test_restore_into_a_new_path_creates_a_working_gallery(tmp_path: Path) -> No
         assert sorted(p.name for p in gallery.list(10, 0)[1]) == ["Ada", "Bob"]
         assert gallery.search(samples["Bob"][:1], 1)[0][0].name == "Bob"
         assert gallery._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        gallery.close()
+
+
+def test_a_backup_keeps_every_sample_s_measurements_crop_and_the_gallery_s_model(tmp_path: Path) -> None:
+    gallery = SqliteGallery(tmp_path / "g.db")
+    model = ModelFingerprint("w600k_mbf", "a" * 64)
+    gallery.claim_model(model)
+    ada = gallery.create("Ada", {}, unit(1, 2), [Sample(sharpness=120.5, yaw=-3.0, source="a.jpg", crop=b"jpeg"),
+                                                 Sample(source="b.jpg")])
+    gallery.close()
+    backup(tmp_path / "g.db", tmp_path / "b.db")
+    restore(tmp_path / "b.db", tmp_path / "new.db")
+    restored = SqliteGallery(tmp_path / "new.db")
+    try:
+        assert restored.model() == model
+        faces = restored.faces(ada.id)
+        assert [(f.id, f.source, f.sharpness, f.yaw, f.has_crop) for f in faces] == [
+            (ada.face_ids[0], "a.jpg", 120.5, -3.0, True), (ada.face_ids[1], "b.jpg", None, None, False)]
+        assert [c.crop for c in restored.pending_crops("b" * 64, 0, 10)] == [b"jpeg"]
+    finally:
+        restored.close()
+
+
+def test_a_backup_from_before_per_sample_faces_is_verified_restored_and_migrated(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as db:  # schema 2: no measurements, crops or model yet
+        for script in MIGRATIONS[:2]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version=2")
+        db.execute("INSERT INTO gallery_meta (key, value) VALUES ('epoch', 'old')")
+        db.execute("INSERT INTO identities VALUES ('ada', 'Ada', '{}', 't', 't')")
+        db.execute("INSERT INTO faces (identity_id, embedding, created_at) VALUES ('ada', ?, 't')",
+                   (unit(5, 1).tobytes(),))
+    db.close()
+    assert verify(old).schema_version == 2
+    summary = restore(old, tmp_path / "g.db")
+    assert (summary.schema_version, summary.identities, summary.faces) == (SCHEMA_VERSION, 1, 1)
+    gallery = SqliteGallery(tmp_path / "g.db")
+    try:
+        [face] = gallery.faces("ada")
+        assert (face.source, face.sharpness, face.has_crop, face.model_sha256) == (None, None, False, None)
+        assert gallery.model() is None and gallery.search(unit(5, 1), 1)[0][0].id == "ada"
     finally:
         gallery.close()
 

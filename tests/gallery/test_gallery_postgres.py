@@ -205,15 +205,38 @@ def test_people_from_create_many_take_more_faces_merge_and_delete_like_any(
     assert gallery.list(10, 0)[0] == 1 and gallery.face_count() == 5
 
 
-def test_a_database_of_schema_1_migrates_keeping_every_person_and_face(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_database_of_schema_1_migrates_keeping_every_person_and_face(postgres_url: str) -> None:
+    from pgvector.psycopg import register_vector
+    from psycopg.types.json import Jsonb
+
+    from gallery.postgres_schema import MIGRATIONS
+    from gallery.store import Identity
+
     centres, people = people_with_centres(30, 2, seed=9)
-    with monkeypatch.context() as patch:
-        patch.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:1])
-        old = PgGallery(postgres_url, "best_sample")
-        made = [old.create(name, metadata, embeddings) for name, metadata, embeddings in people]
-        old.close()
+    made = []
+    with psycopg.connect(postgres_url) as conn:  # the schema of version 1 and its rows, as an older release left them
+        for statement in filter(str.strip, MIGRATIONS[0].split(";")):
+            conn.execute(statement)
+        conn.execute("CREATE TABLE frtriton_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO frtriton_schema (version) VALUES (1)")
+        register_vector(conn)
+        for number, (name, metadata, embeddings) in enumerate(people):
+            identity_id, stamp = f"id{number:03d}", f"2026-01-01T00:00:{number:02d}+00:00"
+            conn.execute(
+                "INSERT INTO identities (id, name, metadata, created_at, updated_at) VALUES (%s, %s, %s, %s, %s)",
+                (identity_id, name, Jsonb(metadata), stamp, stamp),
+            )
+            for vector in embeddings:
+                conn.execute(
+                    "INSERT INTO faces (identity_id, embedding, created_at) VALUES (%s, %s, %s)",
+                    (identity_id, vector, stamp),
+                )
+            conn.execute(
+                "UPDATE identities SET centroid = (SELECT l2_normalize(AVG(embedding)) FROM faces"
+                " WHERE identity_id = %s) WHERE id = %s",
+                (identity_id, identity_id),
+            )
+            made.append(Identity(identity_id, name, metadata, len(embeddings), stamp))
     assert "halfvec" not in hnsw_indexes(postgres_url)["faces_hnsw"]
 
     store, by_centroid = PgGallery(postgres_url, "best_sample"), PgGallery(postgres_url)
@@ -221,7 +244,7 @@ def test_a_database_of_schema_1_migrates_keeping_every_person_and_face(
         indexes = hnsw_indexes(postgres_url)
         assert list(indexes) == ["faces_hnsw"] and "halfvec_cosine_ops" in indexes["faces_hnsw"]
         with psycopg.connect(postgres_url) as conn:
-            assert conn.execute("SELECT version FROM frtriton_schema").fetchone()[0] == len(postgres.MIGRATIONS)
+            assert conn.execute("SELECT version FROM frtriton_schema").fetchone()[0] == len(MIGRATIONS)
             assert conn.execute("SELECT COUNT(*) FROM identities WHERE centroid_bits IS NULL").fetchone()[0] == 0
         assert store.list(100, 0) == (30, made) and store.face_count() == 60
         for scorer in (store, by_centroid):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from settings import Settings
-from usecases.enrollment import Enrollment
+from usecases.enrollment import Assessment, Enrollment, Usable
 from usecases.liveness import LivenessCheck
 from vision.detections import Detections
 
@@ -49,8 +49,9 @@ def test_required_liveness_refuses_spoofs_with_the_score_and_the_limit() -> None
     pipeline = ScoringPipeline([0.91, 0.123])
     enrollment = Enrollment(pipeline, gallery=None, liveness=LivenessCheck(pipeline, settings), settings=settings)
     image = np.zeros((10, 10, 3), np.uint8)
-    usable = [(0, image, one_face(), np.ones(4)), (3, image, one_face(), np.zeros(4))]
+    usable = [Usable(0, image, one_face(), np.ones(4), Assessment(None)),
+              Usable(3, image, one_face(), np.zeros(4), Assessment(None))]
     live, refused = asyncio.run(enrollment.live_only(usable))
-    assert [item[0] for item in live] == [0]
+    assert [item.index for item in live] == [0]
     [spoof] = refused
     assert spoof.index == 3 and "real score 0.12" in spoof.reason and "at least 0.5" in spoof.reason
