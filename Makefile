@@ -58,8 +58,13 @@ api: $(VENV)/.installed
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check .
 
+# A basetemp of its own: pytest deletes all but the three newest of its shared /tmp/pytest-of-<user>
+# folders, so another session on the machine would otherwise delete this one's files mid-run.
+# Kept when the run fails (logs of the Triton the tests started), removed when it passes.
 test: $(VENV)/.dev-installed models lint
-	$(PY) -m pytest
+	@tmp=$$(mktemp -d /tmp/frtriton-pytest-XXXXXX); \
+	$(PY) -m pytest --basetemp="$$tmp" $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 0 ]; then rm -rf "$$tmp"; else echo "test files kept in $$tmp"; fi; exit $$status
 
 clean:
 	rm -rf $(VENV) .triton_backends .pytest_cache .ruff_cache

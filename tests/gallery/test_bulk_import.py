@@ -4,6 +4,7 @@ against the real service (real Triton, LFW photos) on its own empty gallery."""
 from __future__ import annotations
 
 import csv
+import http.server
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -333,23 +334,97 @@ def test_an_import_interrupted_between_its_requests_is_done_again(
     assert entry["metadata"] == {SOURCE_KEY: person.name}
 
 
+class GatedProxy:
+    """A forwarding HTTP proxy in front of the service that holds every request after the first
+    `opened` enrollments answered, until `release()`: the import cannot finish before the test's
+    Ctrl-C lands, however fast the machine, and requests are in flight when it does."""
+
+    def __init__(self, target: str, opened: int) -> None:
+        self.target, self.opened = target, opened
+        self.answered = 0
+        self.enough = threading.Event()
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_request(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                enrolling = self.command == "POST" and self.path.startswith("/identities")
+                if enrolling:
+                    with proxy.lock:
+                        held = proxy.answered >= proxy.opened
+                    if held:
+                        proxy.gate.wait(timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                answer = httpx.request(self.command, proxy.target + self.path, headers=headers, content=body,
+                                       timeout=120)
+                if enrolling and answer.status_code < 300:
+                    with proxy.lock:
+                        proxy.answered += 1
+                        if proxy.answered >= proxy.opened:
+                            proxy.enough.set()
+                self.send_response(answer.status_code)
+                for key in ("content-type", "location"):
+                    if key in answer.headers:
+                        self.send_header(key, answer.headers[key])
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = do_request
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.mark.integration
 def test_ctrl_c_loses_nothing_and_the_rerun_completes(
     gallery: httpx.Client, service: ApiProcess, lfw_dir: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "photos"
-    sources = lfw_people(lfw_dir, 40, 2)
+    sources = lfw_people(lfw_dir, 12, 2)
     for source in sources:
         shutil.copytree(source, root / source.name)
-    argv = [sys.executable, "-m", "gallery.bulk_import", str(root), "--url", service.url,
-            "--report", str(tmp_path / "r.csv"), "--workers", "2", "--batch", "1"]
-    process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "FRTRITON_API_KEY": service.key},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while len(everyone(gallery)) < 3 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    proxy = GatedProxy(service.url, opened=3)
+    try:
+        argv = [sys.executable, "-m", "gallery.bulk_import", str(root), "--url", proxy.url,
+                "--report", str(tmp_path / "r.csv"), "--workers", "2", "--batch", "1"]
+        process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "FRTRITON_API_KEY": service.key},
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        errors: list[str] = []
+        noticed = threading.Event()
+
+        def read_errors() -> None:
+            for line in process.stderr:
+                errors.append(line)
+                if "interrupted" in line:
+                    noticed.set()
+
+        reader = threading.Thread(target=read_errors, daemon=True)
+        reader.start()
+        assert proxy.enough.wait(timeout=120), "the import never made three enrollments"
+        process.send_signal(signal.SIGINT)  # the next requests are held in the proxy: the import is mid-way
+        assert noticed.wait(timeout=60), "the tool did not notice the Ctrl-C"
+        proxy.release()  # the requests in flight finish, as the tool waits for them
+        out = process.stdout.read()
+        process.wait(timeout=120)
+        reader.join(timeout=10)
+        err = "".join(errors)
+    finally:
+        proxy.close()
     assert process.returncode == 130, (out, err)
     assert "interrupted" in err and "people:" in out
     assert 0 < len(everyone(gallery)) < len(sources)
