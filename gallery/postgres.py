@@ -417,6 +417,27 @@ class PgGallery:
 
         return self._run(operation)
 
+    def score_identity(self, identity_id: str, queries: np.ndarray) -> list[Match]:
+        vectors = as_vectors(queries)
+        # The same expressions as `search` (its candidates are only a shortcut to the nearest people).
+        if self.scoring == "centroid":
+            query = "SELECT 1 - (centroid <=> %s) FROM identities WHERE id = %s"
+        else:
+            query = "SELECT MAX(1 - (embedding <=> %s)) FROM faces WHERE identity_id = %s"
+
+        def operation(cursor):
+            identity = self._identity(cursor, identity_id)
+            scores = []
+            for vector in vectors:
+                cursor.execute(query, (vector, identity_id))
+                [score] = cursor.fetchone()
+                if score is None:  # no samples (only ever between a last delete and its identity's)
+                    raise IdentityNotFound(identity_id)
+                scores.append(float(score))
+            return [Match(identity.id, identity.name, score) for score in scores]
+
+        return self._run(operation)
+
     def prepare(self) -> None:
         """Nothing to do: the HNSW indexes live in the database."""
 

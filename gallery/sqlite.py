@@ -316,6 +316,21 @@ class SqliteGallery:
     def search(self, queries: np.ndarray, top_k: int) -> list[list[Match]]:
         return self.index.search(queries, top_k)
 
+    def score_identity(self, identity_id: str, queries: np.ndarray) -> list[Match]:
+        with self._lock:
+            self._db.execute("BEGIN")  # one snapshot: the person and their samples agree
+            try:
+                identity = self._identity(self._db, identity_id)
+                vectors = self.fetch([identity_id]).get(identity_id)
+            finally:
+                self._db.execute("COMMIT")
+        if vectors is None:  # an identity always has a sample; a concurrent delete of the last would be this
+            raise IdentityNotFound(identity_id)
+        # Scored by the index's own code, on the person's rows alone: the same numbers a search gives them.
+        person = FaceIndex.build([(identity.id, identity.name, np.arange(len(vectors)), vectors)])
+        scores = person.scores(queries, self.scoring)[:, 0]
+        return [Match(identity.id, identity.name, float(score)) for score in scores]
+
     def prepare(self) -> None:
         self.index.sync()
 

@@ -173,6 +173,10 @@ class Gallery(Protocol):
     def delete(self, identity_id: str) -> None: ...
     def delete_all(self) -> int: ...
     def search(self, queries: np.ndarray, top_k: int) -> list[list[Match]]: ...
+    def score_identity(self, identity_id: str, queries: np.ndarray) -> list[Match]:
+        """Each query (Q, 512) scored against one person as `search` scores people (the gallery's scoring:
+        centroid or best sample), whether or not they would be among its top_k: one Match per query
+        (IdentityNotFound). What 1:1 verification against an enrolled person compares."""
     def create_many(self, people: Sequence[Person]) -> list[Identity]:
         """Several people in one transaction (bulk loads): (name, metadata, embeddings[, samples]) each."""
     def prepare(self) -> None:

@@ -236,3 +236,35 @@ def test_face_index_centroid_scoring_uses_the_mean_of_the_samples() -> None:
     assert [m.name for m in index.search(query, 2, "best_sample")[0]] == ["a", "b"]
     index.replace("a", "a", np.zeros(0), np.zeros((0, EMBEDDING_DIM)))
     assert [m.name for m in index.search(query, 2, "centroid")[0]] == ["b"]
+
+
+@pytest.mark.parametrize("scoring", ["centroid", "best_sample"])
+def test_scoring_one_identity_gives_the_similarity_search_gives_them(backend, scoring: str) -> None:
+    gallery = backend(scoring)
+    ada = gallery.create("Ada", {}, unit(1, 3))
+    bob = gallery.create("Bob", {}, unit(2, 2))
+    queries = np.stack([near(unit(1, 3)[0], 7), near(unit(2, 2)[1], 8), unit(3)[0]])
+    searched = gallery.search(queries, top_k=2)
+    for person in (ada, bob):
+        scored = gallery.score_identity(person.id, queries)
+        assert [(m.id, m.name) for m in scored] == [(person.id, person.name)] * 3
+        expected = [next(m.similarity for m in matches if m.id == person.id) for matches in searched]
+        np.testing.assert_allclose([m.similarity for m in scored], expected, atol=1e-5)
+
+
+def test_scoring_one_identity_scores_them_even_outside_the_top_k(backend) -> None:
+    gallery = backend()
+    ada = gallery.create("Ada", {}, unit(1, 2))
+    for seed in range(10, 16):
+        gallery.create(f"P{seed}", {}, unit(seed))
+    query = near(unit(12)[0], 5)[None]
+    [matches] = gallery.search(query, top_k=1)
+    assert matches[0].id != ada.id
+    [scored] = gallery.score_identity(ada.id, query)
+    assert scored.id == ada.id and abs(scored.similarity) < 0.2  # unrelated, but scored
+
+
+def test_scoring_an_unknown_identity_raises_identity_not_found(gallery) -> None:
+    gallery.create("Ada", {}, unit(1))
+    with pytest.raises(IdentityNotFound):
+        gallery.score_identity("no-such-id", unit(2))
