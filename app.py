@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import faces, gallery, service
+from api import embedding_search, faces, gallery, service, verification
 from api.error_status import ERROR_STATUS, status_for
 from api.keys import KeyGuard
 from api.middleware import REQUEST_ID_HEADER, AdmissionQueue, BodySizeLimit, RequestId
@@ -38,6 +42,7 @@ from usecases.identification import Identification
 from usecases.liveness import LivenessCheck
 from usecases.people import People
 from usecases.status import ServiceStatus
+from usecases.verification import Verification
 
 log = logging.getLogger("frtriton")
 
@@ -82,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.liveness = liveness
         app.state.enrollment = Enrollment(pipeline, store, liveness, settings, model)
         app.state.identification = Identification(pipeline, store, liveness, settings, model)
+        app.state.verification = Verification(pipeline, store, liveness, settings, model)
         app.state.people = People(store)
         try:
             yield
@@ -101,7 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "/identify, /embedding(s) and /face-similarity "
             "carries its head pose in degrees (`pose`) and whether enrollment would take it, and if not "
             "why (`quality`).\n\n"
-            "The gallery routes (enroll, list, change, delete, identify) need the `X-API-Key` header: "
+            "The gallery routes (enroll, list, change, delete, identify, verify, identify by embedding) need "
+            "the `X-API-Key` header: "
             "the value of `API_KEY`, or the key the server generated on its first start in `data/api_key` "
             "(beside `GALLERY_DB`). Use **Authorize** to send it from this page."
         ),
@@ -126,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HttpMetrics)
     app.add_middleware(RequestId)
     _install_error_handlers(app)
-    for module in (service, faces, gallery):
+    for module in (service, faces, gallery, verification, embedding_search):
         app.include_router(module.router)
     if UI_DIR.is_dir():  # html=True serves index.html at /ui/ (GET /ui redirects there)
         app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
@@ -141,5 +148,22 @@ def _install_error_handlers(app: FastAPI) -> None:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, status, error)
         return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
 
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422, except that an input JSON cannot carry (NaN, Infinity: Python's JSON parser
+        # reads them, its writer refuses them) is echoed as its text instead of failing the answer (a 500).
+        return JSONResponse({"detail": json_safe(jsonable_encoder(error.errors()))}, status_code=422)
+
     for cls in ERROR_STATUS:
         app.add_exception_handler(cls, domain_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` (jsonable: dicts, lists, scalars) with every non-finite float replaced by its text ('nan', 'inf')."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_safe(item) for item in value]
+    return value

@@ -55,3 +55,16 @@ class GalleryModelMismatch(FaceServiceError):
     """The gallery's embeddings were made by another recognizer than the one served: comparing them
     would be meaningless. Stops the start (the message says which models and what to do); found
     later (Triton was not reachable at start), every request that needs embeddings gets 503."""
+
+
+class InvalidEmbedding(FaceServiceError):
+    """A client's embedding is not 512 finite numbers, or is zero (422): nothing can be searched or stored."""
+
+
+class ModelMismatch(FaceServiceError):
+    """A client's embeddings name (model_sha256) another recognizer than the one served (409): vectors of
+    two models cannot be compared."""
+
+
+class DuplicateIdentity(FaceServiceError):
+    """Enrollment with on_duplicate=reject of faces that match someone enrolled already (409; nothing stored)."""

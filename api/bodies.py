@@ -8,10 +8,13 @@ route also accepts `Content-Type: application/json` with the same field names:
     {"image_a": "...", "image_b": "..."}                     /face-similarity
     {"image": "...", "top_k": 3, "threshold": 0.4}           /identify
     {"name": "...", "images": ["...", "..."], "metadata": {...}}   /identities
+    {"name": "...", "embeddings": [[512 numbers], ...]}     /identities (from embeddings)
+    {"image": "...", "threshold": 0.4}                       /identities/{id}/verify
 
 An image is a base64 string (standard or URL-safe alphabet; line breaks and missing padding are
 tolerated) or a `data:image/...;base64,` URL. A field the form carries as JSON text (`metadata`,
-marked with `JSON_TEXT`) may be the JSON value itself. Query parameters stay query parameters.
+`embeddings`: marked with `JSON_TEXT`, its value's schema as `contentSchema`, an object by
+default) may be the JSON value itself. Query parameters stay query parameters.
 
 How: the content type is looked at in one place, `JsonOrFormRoute`'s request handler. A JSON
 body becomes the form the route already reads (a FormData with each image decoded into an
@@ -34,6 +37,7 @@ import email.message
 import enum
 import io
 import json
+import types
 import typing
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -64,6 +68,9 @@ class Kind(enum.Enum):
 
 
 def _is_list(annotation: Any) -> bool:
+    """A list type, or an optional one (`list[UploadFile] | None`: images a route may do without)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_list(a) for a in typing.get_args(annotation) if a is not type(None))
     return typing.get_origin(annotation) in (list, tuple, set, frozenset, Sequence)
 
 
@@ -259,10 +266,17 @@ def json_body_schema(route: APIRoute, fields: dict[str, Kind]) -> dict[str, Any]
                 "minItems": 1,
                 "description": f"{note}each image {IMAGE_DESCRIPTION}",
             }
-        elif kind is Kind.JSON_TEXT:
-            properties[name] = {**described, "anyOf": [{"type": "object"}, {"type": "string", **JSON_TEXT},
-                                                       {"type": "null"}]}
+        elif kind is Kind.JSON_TEXT:  # the JSON value itself (an object unless the field says: contentSchema)
+            value = field_extra(route, name).get("contentSchema", {"type": "object"})
+            properties[name] = {**described, "anyOf": [value, {"type": "string", **JSON_TEXT}, {"type": "null"}]}
     return schema
+
+
+def field_extra(route: APIRoute, alias: str) -> dict[str, Any]:
+    """The `json_schema_extra` of one of the route's form fields ({} without one)."""
+    field = next(f for f in route.dependant.body_params if f.alias == alias)
+    extra = field.field_info.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
 
 
 def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from usecases.identification import Identification
 from usecases.liveness import LivenessCheck
 from usecases.people import People
 from usecases.status import ServiceStatus
+from usecases.verification import Verification
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -35,6 +36,7 @@ FacesDep = Annotated[FaceUseCases, from_state("faces")]
 EnrollmentDep = Annotated[Enrollment, from_state("enrollment")]
 IdentificationDep = Annotated[Identification, from_state("identification")]
 PeopleDep = Annotated[People, from_state("people")]
+VerificationDep = Annotated[Verification, from_state("verification")]
 LivenessDep = Annotated[LivenessCheck, from_state("liveness")]
 StatusDep = Annotated[ServiceStatus, from_state("status")]
 

@@ -8,11 +8,14 @@ a batch answers an image that failed on its own with it (`POST /embeddings`: `{"
 from __future__ import annotations
 
 from errors import (
+    DuplicateIdentity,
     GalleryModelMismatch,
     ImageTooLarge,
     InferenceUnavailable,
+    InvalidEmbedding,
     InvalidImage,
     LivenessUnavailable,
+    ModelMismatch,
     ModelRepositoryError,
     NoFaceDetected,
     NoUsableFace,
@@ -26,6 +29,9 @@ ERROR_STATUS: dict[type[Exception], int] = {
     LastFace: 409,
     NoUsableFace: 422,
     SameIdentity: 422,
+    InvalidEmbedding: 422,
+    ModelMismatch: 409,  # the client's vectors are another recognizer's: embed again with this service
+    DuplicateIdentity: 409,
     InvalidImage: 400,
     ImageTooLarge: 413,
     NoFaceDetected: 422,

@@ -27,6 +27,7 @@ from api.schemas import (
     Unprocessable,
     faces_json,
     liveness_json,
+    recognizer_json,
 )
 from errors import FaceServiceError
 from imaging.draw import (
@@ -103,7 +104,8 @@ async def embedding(
 
 def embedding_json(embedded: Embedded) -> EmbeddingResponse:
     return EmbeddingResponse(
-        embedding=[float(v) for v in embedded.embedding], face=faces_json(embedded.face, [embedded.attributes])[0]
+        embedding=[float(v) for v in embedded.embedding], face=faces_json(embedded.face, [embedded.attributes])[0],
+        model=recognizer_json(embedded.model),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
 from pydantic import BaseModel, Field
@@ -36,7 +36,8 @@ from api.schemas import (
     attributes_json,
     liveness_json,
 )
-from gallery.store import Identity, Match, StoredFace
+from api.vector_schemas import EMBEDDINGS_JSON_TEXT, EXAMPLE_SHA256, EXAMPLE_VECTOR, MODEL_SHA256_DESCRIPTION
+from gallery.store import EMBEDDING_DIM, Identity, Match, StoredFace
 from imaging.draw import JPEG_MEDIA_TYPE, KNOWN_COLOUR, UNKNOWN_COLOUR, annotated_jpeg, data_url
 from usecases.enrollment import Enrolled
 
@@ -83,6 +84,13 @@ class EnrollResponse(BaseModel):
     face_ids: list[int] = Field(description="ids of the samples this request stored, in the order of the accepted "
                                 "images (see GET /identities/{id}/faces)", examples=[[41, 42]])
     rejected: list[Rejected]
+    possible_duplicates: list[MatchOut] | None = Field(
+        default=None,
+        description="enrollment of a new person only: the people already enrolled whom one of the new faces "
+        "identifies (similarity at or above IDENTIFY_THRESHOLD, scored as /identify scores), each once with their "
+        "best similarity, most similar first; [] when none (with on_duplicate=reject those are a 409 instead)",
+        examples=[[{"id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9", "name": "Ada Lovelace", "similarity": 0.71}]],
+    )
 
 
 class FaceQualityOut(BaseModel):
@@ -177,11 +185,12 @@ def match_out(match: Match) -> MatchOut:
     return MatchOut(id=match.id, name=match.name, similarity=round(match.similarity, 6))
 
 
+ModelSha256 = Annotated[str | None, Form(max_length=128, description=MODEL_SHA256_DESCRIPTION)]
 Images = Annotated[list[UploadFile], File(description="one or more photos, each with exactly one face")]
 FaceId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a face sample's id (GET /identities/{id}/faces)")]
 
 
-def enroll_response(enrolled: Enrolled) -> EnrollResponse:
+def enroll_response(enrolled: Enrolled, new_person: bool = False) -> EnrollResponse:
     identity = enrolled.identity
     return EnrollResponse(
         id=identity.id,
@@ -189,7 +198,16 @@ def enroll_response(enrolled: Enrolled) -> EnrollResponse:
         num_faces=identity.num_faces,
         face_ids=list(identity.face_ids),
         rejected=[Rejected(index=r.index, reason=r.reason) for r in enrolled.refused],
+        possible_duplicates=[match_out(m) for m in enrolled.duplicates] if new_person else None,
     )
+
+
+def parse_embeddings(text: str) -> object:
+    """The `embeddings` form field (JSON text) as the JSON value; the use case checks the vectors."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise HTTPException(status_code=422, detail=f"embeddings is not valid JSON: {error.msg}") from error
 
 
 def parse_metadata(text: str | None) -> dict:
@@ -209,16 +227,56 @@ def parse_metadata(text: str | None) -> dict:
 router = APIRouter(tags=["gallery"], dependencies=[KeyRequired], responses=KEY_ERRORS, route_class=JsonOrFormRoute)
 
 
-@router.post("/identities", status_code=201, response_model=EnrollResponse,
-             responses=error_responses(400, 413, 422, 503), summary="Enroll a person from one or more photos")
+ENROLL_ERRORS: dict[int | str, dict[str, Any]] = {
+    **error_responses(400, 413, 422, 503),
+    409: {"model": Error, "description": "on_duplicate=reject and the faces match someone enrolled (the detail "
+          "names them), or model_sha256 is not the served recognizer's; nothing was stored"},
+    413: {"model": Error, "description": "more than MAX_ENROLL_IMAGES images or embeddings, or an upload above the "
+          "byte limit"},
+    422: {"model": Unprocessable, "description": "no usable face; neither or both of images and embeddings; a "
+          "vector that is not 512 finite numbers, or is zero; a field missing or invalid"},
+}
+ENROLL_JSON_EXAMPLES = {
+    "photos": {"summary": "from photos (base64, cut short here)",
+               "value": {"name": "Ada Lovelace", "images": ["/9j/4AAQSkZJRgABAQAAAQABAAD/2wBD"],
+                         "metadata": {"team": "math"}}},
+    "embeddings": {"summary": "from embeddings made by this service's recognizer (POST /embedding)",
+                   "value": {"name": "Ada Lovelace", "embeddings": [EXAMPLE_VECTOR],
+                             "model_sha256": EXAMPLE_SHA256}},
+}
+
+
+@router.post("/identities", status_code=201, response_model=EnrollResponse, response_model_exclude_none=True,
+             responses=ENROLL_ERRORS, summary="Enroll a person from one or more photos, or from their embeddings",
+             openapi_extra={"requestBody": {"content": {"application/json": {"examples": ENROLL_JSON_EXAMPLES}}}})
 async def enroll(
     enrollment: EnrollmentDep,
     name: Annotated[str, Form(min_length=1, max_length=200)],
-    images: Images,
+    images: Annotated[
+        list[UploadFile] | None, File(description="one or more photos, each with exactly one face (or embeddings)")
+    ] = None,
+    embeddings: Annotated[str | None, Form(
+        description=f"instead of images: the person's embeddings, each {EMBEDDING_DIM} finite numbers made by the "
+        "served recognizer (POST /embedding), each stored as one sample, at most MAX_ENROLL_IMAGES; JSON text",
+        json_schema_extra=EMBEDDINGS_JSON_TEXT,
+    )] = None,
+    model_sha256: ModelSha256 = None,
     metadata: Annotated[str | None, Form(description="JSON object", json_schema_extra=JSON_TEXT)] = None,
+    on_duplicate: Annotated[Literal["allow", "reject"], Query(
+        description="when the new faces match someone enrolled (at IDENTIFY_THRESHOLD): `allow` enrolls and lists "
+        "them in possible_duplicates, `reject` answers 409 and stores nothing"
+    )] = "allow",
 ) -> EnrollResponse:
     extra = parse_metadata(metadata)
-    return enroll_response(await enrollment.enroll(name, extra, images))
+    if (images is None) == (embeddings is None):
+        raise HTTPException(status_code=422, detail="send the person's photos (images) or their embeddings "
+                            "(embeddings), one of the two" + (", not both" if images is not None else ""))
+    reject = on_duplicate == "reject"
+    if embeddings is not None:
+        enrolled = await enrollment.enroll_embeddings(name, extra, parse_embeddings(embeddings), model_sha256, reject)
+    else:
+        enrolled = await enrollment.enroll(name, extra, images, reject, model_sha256)
+    return enroll_response(enrolled, new_person=True)
 
 
 @router.get("/identities", response_model=IdentityList,
@@ -244,7 +302,7 @@ async def patch_identity(people: PeopleDep, identity_id: str, patch: IdentityPat
     return identity_out(await people.update(identity_id, patch.name, patch.metadata))
 
 
-@router.post("/identities/{identity_id}/faces", response_model=EnrollResponse,
+@router.post("/identities/{identity_id}/faces", response_model=EnrollResponse, response_model_exclude_none=True,
              responses=error_responses(400, 404, 413, 422, 503), summary="Add photos to a person")
 async def add_faces(enrollment: EnrollmentDep, identity_id: str, images: Images) -> EnrollResponse:
     return enroll_response(await enrollment.add_faces(identity_id, images))

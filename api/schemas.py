@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from api.vector_schemas import EXAMPLE_SHA256
+from gallery.store import ModelFingerprint
 from imaging.draw import JPEG_MEDIA_TYPE
 from usecases.liveness import Verdict
 from vision.attributes import FaceAttributes
@@ -172,9 +174,26 @@ class DetectResponse(BaseModel):
     annotated: str | None = Field(default=None, description=ANNOTATED_FIELD_DESCRIPTION)
 
 
+class RecognizerModel(BaseModel):
+    """The recognizer that made an embedding: embeddings of two models cannot be compared."""
+
+    name: str = Field(description="the network (GET /models: fr_model's network)", examples=["w600k_mbf"])
+    sha256: str = Field(
+        description="sha256 of its ONNX file (GET /models); send it back as `model_sha256` with embeddings",
+        examples=[EXAMPLE_SHA256],
+    )
+
+
+def recognizer_json(model: ModelFingerprint | None) -> RecognizerModel | None:
+    return None if model is None else RecognizerModel(name=model.network, sha256=model.sha256)
+
+
 class EmbeddingResponse(BaseModel):
     embedding: list[float] = Field(description="L2-normalised face embedding (512 floats)")
     face: MeasuredFace
+    model: RecognizerModel | None = Field(
+        default=None, description="the recognizer that made it (null when its config names no sha256)"
+    )
 
 
 class ImageError(BaseModel):
@@ -207,6 +226,7 @@ class EmbeddingsResponse(BaseModel):
                                 "quality": {"sharpness": 139.214, "face_size": 158.906, "enrollable": True,
                                             "reasons": []},
                             },
+                            "model": {"name": "w600k_mbf", "sha256": EXAMPLE_SHA256},
                         },
                         {"error": {"status": 422, "detail": "no face was detected in images[1]"}},
                         {"error": {"status": 400, "detail": "the uploaded file is not a decodable image"}},

@@ -5,27 +5,37 @@ sharp and frontal enough (`vision.quality`, limits from Settings). Every other p
 returned with the reason it was refused; a request with no usable photo stores nothing. Each
 stored sample keeps what the gate measured (size, sharpness, detection score, head pose), the
 uploaded file's name, and its aligned crop (GALLERY_KEEP_CROPS), to re-embed it from.
+
+A person may also be enrolled from embeddings a client computed with this service's recognizer
+(`enroll_embeddings`): nothing is measured then, and no crop kept. Either way a new person whose
+faces match someone enrolled at or above IDENTIFY_THRESHOLD (scored as identification scores)
+comes back with those people as `duplicates`, or is refused (DuplicateIdentity, 409, nothing
+stored) when the caller asks for that. The check and the store are two steps: two enrollments
+of the same new person at the same moment can both pass it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from errors import FaceServiceError, ImageTooLarge, InvalidImage, NoUsableFace
-from gallery.store import Gallery, Identity, Sample
+from errors import DuplicateIdentity, FaceServiceError, ImageTooLarge, InvalidImage, NoUsableFace
+from gallery.store import Gallery, Identity, Match, Sample
 from imaging.crops import encode_crop
 from imaging.decode import Upload, read_upload
 from pipeline import FacePipeline
 from settings import Settings
 from usecases.gallery_model import GalleryModel
 from usecases.liveness import LivenessCheck
+from usecases.vectors import client_vectors
 from vision.alignment import align_faces
 from vision.detections import Detections, has_clear_subject, primary_face
 from vision.quality import FaceQuality, QualityLimits, face_quality, face_size, quality_problem
+
+DUPLICATE_CANDIDATES = 5  # nearest people looked at per new face when checking for duplicates
 
 # One uploaded photo after decoding: (H, W, 3) RGB pixels, or the decoding error that
 # becomes this photo's refusal reason.
@@ -42,6 +52,9 @@ class Refused:
 class Enrolled:
     identity: Identity
     refused: list[Refused]
+    # People enrolled before whose score for one of the new faces reached IDENTIFY_THRESHOLD: each
+    # once, with their best similarity, most similar first (only checked for a new person).
+    duplicates: list[Match] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -111,14 +124,53 @@ class Enrollment:
         self.settings = settings
         self.model = model  # checks the served recognizer is the gallery's before anything is stored
 
-    async def enroll(self, name: str, metadata: dict, uploads: Sequence[Upload]) -> Enrolled:
-        """A new identity from the usable photos; raises NoUsableFace (nothing stored) when none is.
+    async def enroll(
+        self, name: str, metadata: dict, uploads: Sequence[Upload], reject_duplicates: bool = False,
+        model_sha256: str | None = None,
+    ) -> Enrolled:
+        """A new identity from the usable photos; raises NoUsableFace (nothing stored) when none is,
+        DuplicateIdentity (nothing stored) with `reject_duplicates` when they match someone enrolled.
 
         The answer's `identity.face_ids` are the new samples' ids, in the order of the usable photos."""
-        model = await self.checked_model()
+        model = await self.checked_model(model_sha256)
         vectors, samples, refused = await self.usable_samples(await self.read_photos(uploads), uploads, model)
+        duplicates = await self.duplicates_of(vectors, reject_duplicates)
         identity = await asyncio.to_thread(self.gallery.create, name, metadata, vectors, samples)
-        return Enrolled(identity, refused)
+        return Enrolled(identity, refused, duplicates)
+
+    async def enroll_embeddings(
+        self, name: str, metadata: dict, rows: object, model_sha256: str | None = None,
+        reject_duplicates: bool = False,
+    ) -> Enrolled:
+        """A new identity from a client's embeddings (lists of 512 numbers, at most MAX_ENROLL_IMAGES), each one
+        sample. InvalidEmbedding (422) / ImageTooLarge (413) for unusable vectors, ModelMismatch (409) when
+        `model_sha256` is not the served recognizer's, DuplicateIdentity as `enroll`: nothing stored then."""
+        vectors = client_vectors(rows, self.settings.max_enroll_images)
+        model = await self.checked_model(model_sha256)
+        duplicates = await self.duplicates_of(vectors, reject_duplicates)
+        samples = [Sample(model_sha256=model)] * len(vectors)
+        identity = await asyncio.to_thread(self.gallery.create, name, metadata, vectors, samples)
+        return Enrolled(identity, [], duplicates)
+
+    async def duplicates_of(self, vectors: np.ndarray, reject: bool) -> list[Match]:
+        """The people enrolled whom any of `vectors` identifies (at IDENTIFY_THRESHOLD), best first;
+        with `reject`, DuplicateIdentity when there is one."""
+        threshold = self.settings.identify_threshold
+        best: dict[str, Match] = {}
+        for matches in await asyncio.to_thread(self.gallery.search, vectors, DUPLICATE_CANDIDATES):
+            for match in matches:
+                known = best.get(match.id)
+                if match.similarity >= threshold and (known is None or match.similarity > known.similarity):
+                    best[match.id] = match
+        found = sorted(best.values(), key=lambda m: -m.similarity)
+        if reject and found:
+            named = ", ".join(f"{m.name!r} ({m.id}, similarity {m.similarity:.3f})" for m in found)
+            raise DuplicateIdentity(
+                f"the faces match {'someone' if len(found) == 1 else 'people'} already enrolled: {named}, at or above "
+                f"the identification threshold {threshold:g}; nothing was stored (on_duplicate=reject). Add the "
+                "photos to that person (POST /identities/{id}/faces), or enroll without on_duplicate=reject"
+            )
+        return found
 
     async def add_faces(self, identity_id: str, uploads: Sequence[Upload]) -> Enrolled:
         """The usable photos added to an existing identity (IdentityNotFound before anything is read)."""
@@ -128,11 +180,12 @@ class Enrollment:
         identity = await asyncio.to_thread(self.gallery.add_faces, identity_id, vectors, samples)
         return Enrolled(identity, refused)
 
-    async def checked_model(self) -> str | None:
-        """sha256 of the served recognizer once it is known to be the gallery's (GalleryModelMismatch: 503)."""
+    async def checked_model(self, model_sha256: str | None = None) -> str | None:
+        """sha256 of the served recognizer once it is known to be the gallery's (GalleryModelMismatch: 503)
+        and, when the client names one, the client's (ModelMismatch: 409)."""
         if self.model is None:
             return None
-        served = await self.model.ensure()
+        served = await self.model.require(model_sha256)
         return served.sha256 if served else None
 
     async def read_photos(self, uploads: Sequence[Upload]) -> list[Photo]:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from errors import FaceServiceError, ImageTooLarge, NoFaceDetected
+from gallery.store import ModelFingerprint
 from imaging.decode import Upload, read_each
 from pipeline import AlignedFaces, FacePipeline
 from settings import Settings
 from usecases.liveness import LivenessCheck, Verdict
+from usecases.reembed import served_fingerprint
 from vision.alignment import cosine_similarity
 from vision.attributes import FaceAttributes, face_attributes, image_face_attributes
 from vision.detections import Detections
@@ -43,6 +45,7 @@ class Embedded:
     face: Detections
     embedding: np.ndarray
     attributes: FaceAttributes
+    model: ModelFingerprint | None = None  # the recognizer that made it (None: its config names no sha256)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class FaceUseCases:
         """Raises NoFaceDetected when the image holds no face."""
         [aligned] = await self.pipeline.primary_embeddings([image])
         [[attributes]] = await self.measured([aligned])
-        return Embedded(aligned.faces, aligned.embeddings[0], attributes)
+        return Embedded(aligned.faces, aligned.embeddings[0], attributes, await served_fingerprint(self.pipeline))
 
     async def embed_each(self, uploads: Sequence[Upload]) -> list[Embedded | FaceServiceError]:
         """The main face's embedding of every photo, in order; a photo that cannot be used gets its error
@@ -112,6 +115,7 @@ class FaceUseCases:
         found = await self.pipeline.each_primary_embedding([photos[i] for i in decoded]) if decoded else []
         embedded = dict(zip(decoded, found, strict=True))
         attributes = iter(await self.measured([item for item in found if item is not None]))  # in photo order
+        model = await served_fingerprint(self.pipeline) if found else None
         results: list[Embedded | FaceServiceError] = []
         for i, photo in enumerate(photos):
             if isinstance(photo, FaceServiceError):
@@ -120,7 +124,7 @@ class FaceUseCases:
                 results.append(NoFaceDetected(f"no face was detected in images[{i}]"))
             else:
                 [measured] = next(attributes)
-                results.append(Embedded(item.faces, item.embeddings[0], measured))
+                results.append(Embedded(item.faces, item.embeddings[0], measured, model))
         return results
 
     async def compare(

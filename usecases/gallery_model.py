@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 
-from errors import GalleryModelMismatch, InferenceUnavailable
+from errors import GalleryModelMismatch, InferenceUnavailable, ModelMismatch
 from gallery.store import Gallery, ModelFingerprint, ModelStatus
 from pipeline import FacePipeline
 from settings import Settings
@@ -44,6 +44,25 @@ def mismatch_message(recorded: ModelFingerprint, served: ModelFingerprint, statu
     if status.pending_without_crop:
         advice += f"; but {uncropped_problem(status)}"
     return f"{made}: embeddings of different models cannot be compared. To go on, {advice}"
+
+
+def check_client_model(served: ModelFingerprint | None, sha256: str | None) -> None:
+    """Raises ModelMismatch when a client's `sha256` (None: not given) is not the served recognizer's."""
+    if sha256 is None:
+        return
+    given = sha256.strip().lower()
+    if served is None:
+        raise ModelMismatch(
+            f"the embeddings name the recognizer with sha256 {given[:16]}..., but the served recognizer's config "
+            "names no sha256 (fr_sha256), so they cannot be checked: send them without model_sha256, or images"
+        )
+    if given != served.sha256:
+        raise ModelMismatch(
+            f"the embeddings were made by the recognizer with sha256 {given[:16]}..., but Triton serves "
+            f"{served.describe()} (GET /models): embeddings of different models cannot be compared. Embed the "
+            "photos again with this service (POST /embedding, POST /embeddings) or send the photos; nothing was "
+            "searched or stored"
+        )
 
 
 class GalleryModel:
@@ -79,6 +98,13 @@ class GalleryModel:
                 if not self._checked:
                     await self._check(await served_fingerprint(self.pipeline), may_reembed=False)
         return self.served
+
+    async def require(self, sha256: str | None) -> ModelFingerprint | None:
+        """As `ensure`, and when a client names the recognizer that made its embeddings (`model_sha256`),
+        that it is the served one: ModelMismatch (409) otherwise."""
+        served = await self.ensure()
+        check_client_model(served, sha256)
+        return served
 
     async def _check(self, served: ModelFingerprint | None, may_reembed: bool) -> None:
         if served is None:

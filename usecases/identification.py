@@ -1,7 +1,9 @@
-"""Use case: name every face of a photo from the gallery, or call it unknown.
+"""Use case: name every face of a photo from the gallery, or call it unknown; or name a client's embeddings.
 
-Every face also gets its attributes (`vision.attributes`: head pose, size, sharpness, the
-enrollment checks it fails), measured on the crop the recognizer embedded.
+Both go through one scoring (`name_vectors`: the gallery's search, the threshold), so a face
+and its embedding sent back are named alike. Every face also gets its attributes
+(`vision.attributes`: head pose, size, sharpness, the enrollment checks it fails), measured on
+the crop the recognizer embedded.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gallery.store import Gallery, Match
+from gallery.store import Gallery, Match, ModelFingerprint
 from pipeline import FacePipeline
 from settings import Settings
 from usecases.gallery_model import GalleryModel
 from usecases.liveness import LivenessCheck, Verdict
+from usecases.vectors import client_vectors
 from vision.attributes import FaceAttributes, face_attributes
 from vision.detections import Detections
 from vision.quality import QualityLimits
@@ -36,6 +39,25 @@ class Identified:
     faces: Detections
     threshold: float
     identified: list[IdentifiedFace]  # one per face of `faces`, same order
+
+
+@dataclass(frozen=True)
+class Named:
+    """One embedding named from the gallery."""
+
+    identity: Match | None  # the best match when it reaches the threshold, else None (unknown)
+    matches: list[Match]  # the top_k nearest people, best first
+
+
+@dataclass(frozen=True)
+class NamedVectors:
+    threshold: float
+    named: list[Named]  # one per vector sent, same order
+    model: ModelFingerprint | None  # the served recognizer the vectors were compared as
+
+
+def named(matches: list[Match], threshold: float) -> Named:
+    return Named(matches[0] if matches and matches[0].similarity >= threshold else None, matches)
 
 
 class Identification:
@@ -64,13 +86,32 @@ class Identification:
             await self.pipeline.require_liveness()
         [aligned] = await self.pipeline.aligned_faces([image])
         found = aligned.faces
-        candidates = await asyncio.to_thread(self.gallery.search, aligned.embeddings, top_k) if len(found) else []
+        candidates = await self.name_vectors(aligned.embeddings, top_k, cut)
         attributes = await asyncio.to_thread(face_attributes, found.landmarks, aligned.crops, self.limits)
         verdicts = (await self.liveness.verdicts([image], [found]))[0] if liveness else [None] * len(found)
         identified = []
-        for box, score, matches, measured, verdict in zip(
+        for box, score, name, measured, verdict in zip(
             found.boxes, found.scores, candidates, attributes, verdicts, strict=True
         ):
-            best = matches[0] if matches and matches[0].similarity >= cut else None
-            identified.append(IdentifiedFace(box, float(score), best, matches, measured, verdict))
+            identified.append(IdentifiedFace(box, float(score), name.identity, name.matches, measured, verdict))
         return Identified(found, cut, identified)
+
+    async def identify_embeddings(
+        self, rows: object, top_k: int, threshold: float | None = None, model_sha256: str | None = None
+    ) -> NamedVectors:
+        """A client's embeddings (lists of 512 numbers, at most MAX_BATCH_IMAGES) named as `identify` names faces.
+
+        Raises InvalidEmbedding (422) or ImageTooLarge (413) for unusable vectors, ModelMismatch (409)
+        when `model_sha256` is not the served recognizer's, before anything is searched.
+        """
+        vectors = client_vectors(rows, self.settings.max_batch_images)
+        cut = self.settings.identify_threshold if threshold is None else threshold
+        served = await self.model.require(model_sha256) if self.model is not None else None
+        return NamedVectors(cut, await self.name_vectors(vectors, top_k, cut), served)
+
+    async def name_vectors(self, vectors: np.ndarray, top_k: int, threshold: float) -> list[Named]:
+        """(N, 512) embeddings -> each one's top_k people and who it is at `threshold` (None: unknown)."""
+        if not len(vectors):
+            return []
+        candidates = await asyncio.to_thread(self.gallery.search, vectors, top_k)
+        return [named(matches, threshold) for matches in candidates]

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 UPLOAD_LIMIT = 140_000  # t1.jpg is 128,824 bytes, 171,768 in base64
 REQUEST_LIMIT = 600_000  # players.jpg (374,610 bytes) fits in base64 (~500 KB), two of them do not
 IMAGE_ROUTES = ["/detect", "/embedding", "/face-similarity", "/liveness", "/identify", "/identities",
-                "/identities/{identity_id}/faces", "/embeddings"]
+                "/identities/{identity_id}/faces", "/embeddings", "/identities/{identity_id}/verify"]
 
 
 def b64(path: Path) -> str:
@@ -240,6 +240,9 @@ def test_the_openapi_schema_offers_json_beside_the_multipart_default_on_every_im
         assert images and all("base64" in properties[name]["description"] for name in images), path
     enroll = paths["/identities"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"type": "object"} in enroll["properties"]["metadata"]["anyOf"]
-    assert enroll["required"] == ["name", "images"]
+    assert enroll["required"] == ["name"]  # images, or embeddings instead
+    vectors = {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 512,
+                                          "maxItems": 512}, "minItems": 1}
+    assert vectors in enroll["properties"]["embeddings"]["anyOf"]  # the list itself, or its JSON text
     patch = paths["/identities/{identity_id}"]["patch"]["requestBody"]["content"]
     assert list(patch) == ["application/json"]  # a JSON route already: left as it was
