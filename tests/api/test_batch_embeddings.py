@@ -38,7 +38,7 @@ def alone(api: httpx.Client, data: bytes) -> dict:
 
 
 def assert_same_embedding(got: dict, expected: dict) -> None:
-    assert set(got) == {"embedding", "face"}
+    assert set(got) == {"embedding", "face", "model"}
     np.testing.assert_allclose(got["embedding"], expected["embedding"], atol=EMBEDDING_TOLERANCE)
     np.testing.assert_allclose(got["face"]["bbox"], expected["face"]["bbox"], atol=BOX_TOLERANCE)
     np.testing.assert_allclose(got["face"]["landmarks"], expected["face"]["landmarks"], atol=BOX_TOLERANCE)

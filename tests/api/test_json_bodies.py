@@ -161,7 +161,7 @@ def test_in_a_batch_an_image_above_the_byte_limit_gets_its_own_413(client) -> No
     assert form.status_code == as_json.status_code == 200
     for answer, name in ((form, "players.jpg"), (as_json, "images[1]")):
         first, second = answer.json()["results"]
-        assert set(first) == {"embedding", "face"}
+        assert set(first) == {"embedding", "face", "model"}
         assert second == {"error": {"status": 413, "detail": f"{name} is larger than {UPLOAD_LIMIT} bytes"}}
 
 
