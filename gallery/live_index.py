@@ -125,9 +125,10 @@ class LiveIndex:
 
     def close(self) -> None:
         """Save what is not saved yet (waits for a running build or save)."""
-        for thread in (self._builder, self._saver):
-            if thread is not None:
-                thread.join()
+        if self._builder is not None:
+            self._builder.join()
+        if self._saver is not None:  # read after the build ended: a finished build starts a save
+            self._saver.join()
         with self.lock:
             if self._dirty and isinstance(self.current, AnnIndex):
                 self._write(self.current.snapshot())

@@ -47,7 +47,7 @@ async def probe_embeddings(pipeline: FacePipeline, paths: list[Path]) -> np.ndar
     """The main face's embedding of each photo, as /identify would compute it."""
     images = [decode_image(path.read_bytes(), max_pixels=40_000_000) for path in paths]
     found = await pipeline.primary_embeddings(images)
-    return np.stack([embedding for _, embedding in found])
+    return np.stack([aligned.embeddings[0] for aligned in found])
 
 
 def test_a_stopped_re_embedding_keeps_its_committed_batches_and_the_next_run_does_only_the_rest(
