@@ -47,7 +47,7 @@ class EmbeddingSearchResponse(BaseModel):
 
 
 SEARCH_ERRORS: dict[int | str, dict[str, Any]] = {
-    **error_responses(503),
+    **error_responses(400, 503),  # 400: a body that cannot be read as text (not UTF-8)
     409: {"model": Error, "description": "model_sha256 is not the served recognizer's: the vectors are another "
           "model's and cannot be compared (the detail names both)"},
     413: {"model": Error, "description": "more than MAX_BATCH_IMAGES embeddings, or a body above the limit"},

@@ -267,7 +267,7 @@ def test_the_openapi_schema_declares_the_key_on_the_gallery_routes_only(app_clie
         if operation.get("security") == [{"APIKey": []}]
     }
     gallery = {(m, p) for p, ops in schema["paths"].items() for m in ops if p.startswith(("/identities", "/identify"))}
-    assert secured == gallery and len(gallery) == 11
+    assert secured == gallery and len(gallery) == 13  # with verify and /identify/embedding
     for method, path in gallery:
         assert {"401", "429"} <= set(schema["paths"][path][method]["responses"]), (method, path)
     assert "Authorize" in schema["info"]["description"]
