@@ -15,7 +15,8 @@ can be copied into another code base as is.
         for face in client.detect("group.jpg"):
             print(face.pose.yaw, face.quality.enrollable, face.quality.reasons)
 
-The gallery methods (enroll, identify, list, update, merge, delete, faces, delete_face) need the service's API key:
+The gallery methods (enroll, enroll_embeddings, identify, identify_embeddings, verify, list,
+update, merge, delete, faces, delete_face) need the service's API key:
 `api_key="..."`, `api_key_file=` a file holding it (the service writes `data/api_key` on its
 first start), or the `FRTRITON_API_KEY` environment variable, in that order. The face methods
 (detect, embed, compare) and the probes need none.
@@ -58,8 +59,11 @@ from frtriton_client.results import (
     IdentityPage,
     ImageError,
     Match,
+    NamedEmbedding,
     Pose,
+    RecognizerModel,
     Rejected,
+    Verification,
 )
 
 __all__ = [
@@ -83,12 +87,15 @@ __all__ = [
     "ImageInput",
     "InvalidRequest",
     "Match",
+    "NamedEmbedding",
     "NoFaceDetected",
     "NotFound",
     "Pose",
+    "RecognizerModel",
     "RateLimited",
     "Rejected",
     "ServiceUnavailable",
     "Timeout",
     "Unauthorized",
+    "Verification",
 ]

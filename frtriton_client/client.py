@@ -24,6 +24,8 @@ from frtriton_client.results import (
     Identity,
     IdentityPage,
     ImageError,
+    NamedEmbedding,
+    Verification,
     embedding_or_error,
 )
 
@@ -34,6 +36,9 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_PAGE_SIZE = 100
 DEFAULT_TOP_K = 5
 GENERIC_CONTENT_TYPE = "application/octet-stream"
+
+Vectors = Iterable[Iterable[float]]
+"""Embeddings: lists (or numpy rows) of 512 floats made by the service's recognizer (`embed`, `embed_batch`)."""
 
 ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 """A path, the encoded image bytes (JPEG, PNG, WebP, BMP, TIFF, GIF), or a binary file object."""
@@ -95,6 +100,15 @@ def _resolve_key(api_key: str | None, api_key_file: str | os.PathLike[str] | Non
             raise ValueError(f"the API key file {api_key_file} is empty")
         return key
     return os.environ.get(API_KEY_ENV, "").strip() or None
+
+
+def _vector_lists(vectors: Vectors) -> list[list[float]]:
+    """Embeddings as JSON lists (numpy rows and tuples included); the service checks their length and values."""
+    return [[float(v) for v in vector] for vector in vectors]
+
+
+def _duplicates(reject: bool) -> dict[str, str]:
+    return {"on_duplicate": "reject"} if reject else {}
 
 
 class FRTritonClient:
@@ -187,22 +201,69 @@ class FRTritonClient:
         body = self._request("POST", "/identify", **self._body({"image": image}, fields))
         return [Identification.from_json(f) for f in body["faces"]]
 
+    def identify_embeddings(
+        self, vectors: Vectors, top_k: int = DEFAULT_TOP_K, threshold: float | None = None,
+        model_sha256: str | None = None,
+    ) -> list[NamedEmbedding]:
+        """Name each embedding from the gallery as `identify` names a face, one result per vector, in order.
+
+        `model_sha256` (an `Embedding.model.sha256`): Conflict when the service serves another recognizer.
+        InvalidRequest (422) for a vector that is not 512 finite numbers, or is zero.
+        """
+        body: dict[str, Any] = {"embeddings": _vector_lists(vectors), "top_k": top_k}
+        if threshold is not None:
+            body["threshold"] = threshold
+        if model_sha256 is not None:
+            body["model_sha256"] = model_sha256
+        answer = self._request("POST", "/identify/embedding", json=body)
+        return [NamedEmbedding.from_json(r) for r in answer["results"]]
+
+    def verify(self, identity_id: str, image: ImageInput, threshold: float | None = None) -> Verification:
+        """Is the photo's main face this enrolled person (1:1)? NotFound for an unknown id, NoFaceDetected
+        without a face. `threshold` overrides the service's IDENTIFY_THRESHOLD for this request."""
+        fields = {"threshold": threshold} if threshold is not None else {}
+        body = self._request("POST", f"/identities/{identity_id}/verify", **self._body({"image": image}, fields))
+        return Verification.from_json(body)
+
     def enroll(
         self,
         name: str,
         images: ImageInput | Iterable[ImageInput],
         metadata: Mapping[str, Any] | None = None,
+        reject_duplicates: bool = False,
     ) -> Enrollment:
         """Add a person from one or more photos, each showing them as the clear subject.
 
         Unusable photos are listed in `rejected`; if none is usable NoFaceDetected is raised
-        and nothing is stored.
+        and nothing is stored. People enrolled before whom the photos match are listed in
+        `possible_duplicates`; with `reject_duplicates` that is a Conflict instead, nothing stored.
         """
         fields: dict[str, Any] = {"name": name}
         if metadata is not None:
             fields["metadata"] = dict(metadata)
-        body = self._request("POST", "/identities", **self._body({"images": self._images(images)}, fields))
+        body = self._request("POST", "/identities", params=_duplicates(reject_duplicates),
+                             **self._body({"images": self._images(images)}, fields))
         return Enrollment.from_json(body)
+
+    def enroll_embeddings(
+        self,
+        name: str,
+        vectors: Vectors,
+        metadata: Mapping[str, Any] | None = None,
+        model_sha256: str | None = None,
+        reject_duplicates: bool = False,
+    ) -> Enrollment:
+        """Add a person from embeddings made by the service's recognizer, one sample each (at most its
+        MAX_ENROLL_IMAGES). Conflict for a `model_sha256` that is not the served recognizer's, or with
+        `reject_duplicates` for someone enrolled already; InvalidRequest (422) for an unusable vector."""
+        body: dict[str, Any] = {"name": name, "embeddings": _vector_lists(vectors)}
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        if model_sha256 is not None:
+            body["model_sha256"] = model_sha256
+        return Enrollment.from_json(
+            self._request("POST", "/identities", params=_duplicates(reject_duplicates), json=body)
+        )
 
     def add_faces(self, identity_id: str, images: ImageInput | Iterable[ImageInput]) -> Enrollment:
         """Add photos to an enrolled person; NotFound for an unknown id."""

@@ -63,7 +63,8 @@ class NotFound(FRTritonError):
 
 class Conflict(InvalidRequest):
     """409: the request contradicts the gallery's state: removing a person's only face sample
-    (delete the person instead)."""
+    (delete the person instead); an enrollment with `reject_duplicates` of someone enrolled already;
+    embeddings whose `model_sha256` is not the served recognizer's."""
 
 
 class ServiceUnavailable(FRTritonError):

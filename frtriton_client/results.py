@@ -83,15 +83,32 @@ class Face:
 
 
 @dataclass(frozen=True)
+class RecognizerModel:
+    """The recognizer that made an embedding (GET /models): embeddings of two models cannot be compared."""
+
+    name: str
+    """The network, e.g. "w600k_mbf"."""
+    sha256: str
+    """sha256 of its ONNX file: pass it as `model_sha256` with embeddings sent back to the service."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> RecognizerModel | None:
+        return None if data is None else cls(name=str(data["name"]), sha256=str(data["sha256"]))
+
+
+@dataclass(frozen=True)
 class Embedding:
     """The L2-normalised embedding of a photo's main face (the largest face nearest the centre)."""
 
     embedding: tuple[float, ...]
     face: Face
+    model: RecognizerModel | None = None
+    """The recognizer that made it; None when its config names no sha256 (or from an older service)."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Embedding:
-        return cls(embedding=tuple(float(v) for v in data["embedding"]), face=Face.from_json(data["face"]))
+        return cls(embedding=tuple(float(v) for v in data["embedding"]), face=Face.from_json(data["face"]),
+                   model=RecognizerModel.from_json(data.get("model")))
 
 
 @dataclass(frozen=True)
@@ -201,6 +218,9 @@ class Enrollment:
     rejected: tuple[Rejected, ...]
     face_ids: tuple[int, ...] = ()
     """Ids of the samples this request stored, in the order of the accepted images (see `faces`)."""
+    possible_duplicates: tuple[Match, ...] = ()
+    """A new person only: the people enrolled before whom one of the new faces identifies (at the
+    service's IDENTIFY_THRESHOLD), each with their best similarity, most similar first."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Enrollment:
@@ -210,7 +230,48 @@ class Enrollment:
             num_faces=int(data["num_faces"]),
             rejected=tuple(Rejected.from_json(r) for r in data["rejected"]),
             face_ids=tuple(int(i) for i in data.get("face_ids", ())),
+            possible_duplicates=tuple(Match.from_json(m) for m in data.get("possible_duplicates") or ()),
         )
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A photo's main face checked against one enrolled person (1:1): `same_person` is `similarity >= threshold`."""
+
+    similarity: float
+    """The face's score for the person, as identification scores people."""
+    same_person: bool
+    threshold: float
+    face: Face
+    identity_id: str
+    identity_name: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Verification:
+        return cls(
+            similarity=float(data["similarity"]),
+            same_person=bool(data["same_person"]),
+            threshold=float(data["threshold"]),
+            face=Face.from_json(data["face"]),
+            identity_id=str(data["identity"]["id"]),
+            identity_name=str(data["identity"]["name"]),
+        )
+
+
+@dataclass(frozen=True)
+class NamedEmbedding:
+    """One embedding named from the gallery, as `Identification` names a face."""
+
+    identity: Match | None
+    """The best match when it reaches the threshold, else None (unknown)."""
+    matches: tuple[Match, ...]
+    """Up to `top_k` nearest people, best first, whatever the threshold."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NamedEmbedding:
+        identity = data.get("identity")
+        return cls(identity=Match.from_json(identity) if identity is not None else None,
+                   matches=tuple(Match.from_json(m) for m in data["matches"]))
 
 
 def _number(value: Any) -> float | None:
