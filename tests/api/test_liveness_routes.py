@@ -150,6 +150,20 @@ def test_enrollment_requiring_live_faces_refuses_a_spoof_with_its_score(live_api
     assert only_spoof.status_code == 422 and "real score" in only_spoof.json()["detail"]
 
 
+def test_verification_carries_the_faces_liveness_only_when_asked(live_api) -> None:
+    live = sample("image_T1.jpg")
+    made = live_api.post("/identities", data={"name": "Live T1"}, files={"images": ("T1.jpg", live)})
+    assert made.status_code == 201, made.text
+    path = f"/identities/{made.json()['id']}/verify"
+    checked = live_api.post(path, params={"liveness": "true"}, files={"image": ("T1.jpg", live)}).json()
+    alone = live_api.post("/liveness", files={"image": ("T1.jpg", live)}).json()
+    assert checked["same_person"] is True
+    assert checked["face"]["liveness"] == {"real_score": alone["real_score"], "is_real": True}
+    assert "liveness" not in live_api.post(path, files={"image": ("T1.jpg", live)}).json()["face"]
+    spoof = live_api.post(path, params={"liveness": "true"}, files={"image": ("F2.jpg", sample("image_F2.jpg"))})
+    assert spoof.status_code == 200 and spoof.json()["face"]["liveness"]["is_real"] is False
+
+
 def test_models_metrics_and_ready_with_the_anti_spoofing_model(live_api) -> None:
     names = [m["name"] for m in live_api.get("/models").json()["models"]]
     assert names == ["face_detector", "fr_model", "antispoof"]
@@ -184,6 +198,16 @@ def test_without_the_model_liveness_answers_503_saying_how_to_install_it(core_ap
     answer = core_api.post(path, files=files)
     assert answer.status_code == 503, answer.text
     assert "ANTISPOOF_FROM" in answer.json()["detail"] and "Retry-After" in answer.headers
+
+
+def test_without_the_model_a_verification_with_liveness_answers_503(core_api) -> None:
+    data = photo("yaoming.jpg").read_bytes()
+    made = core_api.post("/identities", data={"name": "Yao"}, files={"images": ("y.jpg", data)})
+    assert made.status_code == 201, made.text
+    files = {"image": ("y.jpg", data)}
+    answer = core_api.post(f"/identities/{made.json()['id']}/verify?liveness=true", files=files)
+    assert answer.status_code == 503 and "ANTISPOOF_FROM" in answer.json()["detail"]
+    assert core_api.post(f"/identities/{made.json()['id']}/verify", files=files).json()["same_person"] is True
 
 
 def test_without_the_model_everything_else_keeps_working(core_api) -> None:
