@@ -1,4 +1,6 @@
-"""HTTP routes of the gallery: enroll, list, update, merge, delete people; identify faces.
+"""HTTP routes of the gallery: enroll (from photos or from embeddings), list, update, merge, delete people;
+identify faces. Verification (`api.verification`) and embedding search (`api.embedding_search`) are
+routers of their own on the same terms.
 
 Validation and response shapes only: the work is in `usecases` (enrollment, identification,
 people). Every route here needs the `X-API-Key` (`api.dependencies.KeyRequired`, on the router,

@@ -333,3 +333,21 @@ def test_the_new_routes_need_the_key_and_are_documented_with_examples(server, cl
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     assert schemas["EmbeddingSearch"]["examples"][0]["embeddings"][0] == [0.0442] * 512
     assert schemas["EmbeddingSearchResponse"]["examples"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"\xff\xfe not text", 400),  # not UTF-8: FastAPI cannot read it as JSON text
+        (b"{not json", 422),
+        (b"[[0.1]]", 422),  # not an object
+        (b'{"embeddings": [[0.1]], "top_k": 0}', 422),
+        (b'{"embeddings": [[0.1]], "threshold": 2}', 422),
+    ],
+)
+def test_an_unreadable_search_body_is_a_clear_4xx_and_changes_nothing(client, enrolled, body, status) -> None:
+    before = gallery_state(client)
+    response = client.post("/identify/embedding", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+    assert gallery_state(client) == before
