@@ -8,14 +8,19 @@ a batch answers an image that failed on its own with it (`POST /embeddings`: `{"
 from __future__ import annotations
 
 from errors import (
+    AnnotatedVideoMissing,
     ImageTooLarge,
     InferenceUnavailable,
     InvalidImage,
+    InvalidVideo,
     LivenessUnavailable,
     ModelRepositoryError,
     NoFaceDetected,
     NoUsableFace,
     SameIdentity,
+    VideoJobNotFound,
+    VideoJobsBusy,
+    VideoTooLarge,
 )
 from gallery.store import IdentityNotFound
 
@@ -29,6 +34,11 @@ ERROR_STATUS: dict[type[Exception], int] = {
     InferenceUnavailable: 503,
     LivenessUnavailable: 503,
     ModelRepositoryError: 503,
+    InvalidVideo: 400,
+    VideoTooLarge: 413,
+    VideoJobNotFound: 404,
+    AnnotatedVideoMissing: 404,
+    VideoJobsBusy: 503,
 }
 
 
