@@ -35,6 +35,8 @@ router = APIRouter(tags=["videos"])
 FORM_OVERHEAD_BYTES = 1024 * 1024  # a multipart form's boundaries and headers around the video
 FIELD = "video"
 KeyHeader = Annotated[str | None, Security(API_KEY_SCHEME)]
+# The key is needed only for jobs that identify: documented as optional (the key, or nothing).
+OPTIONAL_KEY: dict[str, Any] = {"security": [{}]}  # added to the APIKey requirement FastAPI writes
 
 # The request body, documented by hand (it is read after the key check): a form, JSON, or the raw file.
 REQUEST_BODY: dict[str, Any] = {
@@ -154,7 +156,7 @@ async def check_key(request: Request, job: VideoJob, given: str | None) -> None:
     "/videos", status_code=202, response_model=VideoJobOut, response_model_exclude_unset=True,
     responses={202: {"description": "queued; `Location` is the job", "headers": {"Location": {"schema": {
         "type": "string"}}}}, **VIDEO_ERRORS},
-    openapi_extra=REQUEST_BODY,
+    openapi_extra={**REQUEST_BODY, **OPTIONAL_KEY},
     summary="Start a job finding, tracking and identifying the people in a video",
 )
 async def submit_video(
@@ -189,7 +191,7 @@ async def submit_video(
     "/videos/{job_id}", response_model=VideoJobOut, response_model_exclude_unset=True,
     responses={200: {"content": {"application/json": {"example": JOB_EXAMPLE}}},
                **{c: VIDEO_ERRORS[c] for c in (401, 404, 429)}},
-    summary="A video job: its status, progress and, once done, its result",
+    summary="A video job: its status, progress and, once done, its result", openapi_extra=OPTIONAL_KEY,
 )
 async def get_video(
     request: Request,
@@ -208,7 +210,7 @@ async def get_video(
     "/videos/{job_id}/annotated", response_class=FileResponse,
     responses={200: {"content": {MP4_MEDIA_TYPE: {}}, "description": "the sampled frames with boxes and names"},
                **{c: VIDEO_ERRORS[c] for c in (401, 404, 429)}},
-    summary="The annotated MP4 of a job made with annotate=true",
+    summary="The annotated MP4 of a job made with annotate=true", openapi_extra=OPTIONAL_KEY,
 )
 async def get_annotated(request: Request, jobs: VideosDep, job_id: str, key: KeyHeader = None) -> FileResponse:
     job = jobs.get(job_id)
@@ -223,7 +225,7 @@ async def get_annotated(request: Request, jobs: VideosDep, job_id: str, key: Key
 @router.delete(
     "/videos/{job_id}", response_model=VideoDeleted,
     responses={c: VIDEO_ERRORS[c] for c in (401, 404, 429)},
-    summary="Cancel a queued or running job, or remove a finished one",
+    summary="Cancel a queued or running job, or remove a finished one", openapi_extra=OPTIONAL_KEY,
 )
 async def delete_video(request: Request, jobs: VideosDep, job_id: str, key: KeyHeader = None) -> VideoDeleted:
     job = jobs.get(job_id)

@@ -152,7 +152,6 @@ class VideoJobs:
         Raises VideoJobsBusy, VideoTooLarge, InvalidVideo, LivenessUnavailable.
         """
         self.ensure_room()
-        await self.analyser.check(options)
         self.receiving += 1
         job_id = uuid.uuid4().hex
         path = self.folder / f"{job_id}{UPLOAD_SUFFIX}"
@@ -167,6 +166,11 @@ class VideoJobs:
             raise
         finally:
             self.receiving -= 1
+        try:  # after the video is known good, as the image routes check the photo first
+            await self.analyser.check(options)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         annotated = self.folder / f"{job_id}{ANNOTATED_SUFFIX}" if options.annotate else None
         job = VideoJob(job_id, info, options, path, annotated, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         self.jobs[job_id] = job

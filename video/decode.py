@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from errors import InvalidVideo, VideoTooLarge
+from imaging.decode import MIN_FACE_IMAGE_SIDE
 
 MAX_FPS = 1000.0  # a container claiming more is broken (or not a video)
 # A frame count the container states may be an estimate (WebM: duration x fps); the reader calls a
@@ -68,7 +69,8 @@ def open_capture(path: Path) -> cv2.VideoCapture:
 def probe(path: Path, *, max_pixels: int, max_seconds: float) -> VideoInfo:
     """Open the video and decode its first frame; its size, rate, length and rotation.
 
-    Raises InvalidVideo (not a video, no decodable frame, no usable frame rate) or VideoTooLarge
+    Raises InvalidVideo (not a video, no decodable frame, no usable frame rate, frames too small
+    to hold a face) or VideoTooLarge
     (a frame above `max_pixels`, longer than `max_seconds` by its container's frame count).
     """
     capture = open_capture(path)
@@ -84,6 +86,10 @@ def probe(path: Path, *, max_pixels: int, max_seconds: float) -> VideoInfo:
     if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
         raise InvalidVideo(f"the video states no usable frame rate ({fps:g} frames per second)")
     height, width = first.shape[:2]
+    if min(width, height) < MIN_FACE_IMAGE_SIDE:
+        raise InvalidVideo(
+            f"video frames are {width}x{height}: each side must be at least {MIN_FACE_IMAGE_SIDE} pixels to hold a face"
+        )
     if width * height > max_pixels:
         raise VideoTooLarge(
             f"video frames are {width}x{height} = {width * height} pixels; the limit is {max_pixels} (MAX_IMAGE_PIXELS)"

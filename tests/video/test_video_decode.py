@@ -111,3 +111,9 @@ def test_probing_leaves_the_clip_readable_by_opencv(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "clip.avi", [], seconds=1)
     probe(clip, **LIMITS)
     assert cv2.VideoCapture(str(clip)).read()[0]
+
+
+def test_frames_too_small_to_hold_a_face_are_refused(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "tiny.avi", [], seconds=1, size=(8, 8))
+    with pytest.raises(InvalidVideo, match="at least 16 pixels"):
+        probe(clip, **LIMITS)
