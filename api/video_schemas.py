@@ -38,8 +38,10 @@ class BestFaceOut(BaseModel):
     bbox: list[float] = Field(examples=[[412.0, 188.5, 530.2, 340.7]])
     score: float = Field(examples=[0.86], description="detector confidence")
     quality: float = Field(examples=[0.71], description="detector score x size x frontality x sharpness, in [0, 1]")
-    aligned: str | None = Field(default=None, description="only with include_faces=true: the aligned 112x112 "
-                                "crop as a data:image/png;base64 URL")
+    aligned: str | None = Field(
+        default=None,
+        description="only with include_faces=true: the aligned 112x112 crop as a data:image/png;base64 URL",
+    )
 
 
 class TrackOut(BaseModel):
@@ -48,20 +50,26 @@ class TrackOut(BaseModel):
     last_s: float = Field(examples=[12.6], description="time of its last sampled frame")
     frames: int = Field(examples=[64], description="sampled frames it appears in")
     best_face: BestFaceOut
-    identity: MatchOut | None = Field(default=None, description="the person the track's embedding names, or null "
-                                      "(unknown); only when the job identifies")
+    identity: MatchOut | None = Field(
+        default=None,
+        description="the person the track's embedding names, or null (unknown); only when the job identifies",
+    )
     matches: list[MatchOut] | None = Field(default=None, description="the top_k nearest people, as /identify gives")
-    embedding: list[float] | None = Field(default=None, description="only with include_embeddings=true: the "
-                                          "normalised mean of the track's good faces (512 floats)")
-    liveness: Liveness | None = Field(default=None, description="only with liveness=true: the mean real score of "
-                                      "the track's faces")
+    embedding: list[float] | None = Field(
+        default=None,
+        description="only with include_embeddings=true: the normalised mean of the track's good faces (512 floats)",
+    )
+    liveness: Liveness | None = Field(
+        default=None, description="only with liveness=true: the mean real score of the track's faces"
+    )
 
 
 class PersonOut(BaseModel):
     id: str
     name: str = Field(examples=["Ada Lovelace"])
-    seconds: float = Field(examples=[41.2], description="on screen: sampled frames with any of their tracks x "
-                           "the sampling step")
+    seconds: float = Field(
+        examples=[41.2], description="on screen: sampled frames with any of their tracks x the sampling step"
+    )
     tracks: list[int] = Field(examples=[[1, 4]])
 
 
@@ -101,8 +109,11 @@ VIDEO_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": Error, "description": "no job with this id (removed, expired, or made before a restart)"},
     413: {"model": Error, "description": "above MAX_VIDEO_BYTES, MAX_VIDEO_SECONDS or the per-frame pixel limit"},
     429: {"model": Error, "description": "too many wrong X-API-Key values from this address (see Retry-After)"},
-    503: {"model": Error, "description": "every video worker busy and the queue full (see Retry-After), or "
-          "liveness=true without the anti-spoofing model"},
+    503: {
+        "model": Error,
+        "description": "every video worker busy and the queue full (see Retry-After), or "
+        "liveness=true without the anti-spoofing model",
+    },
 }
 
 
@@ -122,10 +133,22 @@ def job_out(job: VideoJob, include_faces: bool = False, include_embeddings: bool
         progress=job.progress,
         frames_read=job.frames_read,
         created_at=job.created_at,
-        video=VideoInfoOut(width=info.width, height=info.height, fps=round(info.fps, 3), frames=info.frame_count,
-                           duration_s=round(info.duration_s, 3) if info.duration_s else None, rotation=info.rotation),
-        options=VideoOptionsOut(sample_fps=options.sample_fps, identify=options.identify, top_k=options.top_k,
-                                threshold=options.threshold, liveness=options.liveness, annotate=options.annotate),
+        video=VideoInfoOut(
+            width=info.width,
+            height=info.height,
+            fps=round(info.fps, 3),
+            frames=info.frame_count,
+            duration_s=round(info.duration_s, 3) if info.duration_s else None,
+            rotation=info.rotation,
+        ),
+        options=VideoOptionsOut(
+            sample_fps=options.sample_fps,
+            identify=options.identify,
+            top_k=options.top_k,
+            threshold=options.threshold,
+            liveness=options.liveness,
+            annotate=options.annotate,
+        ),
     )
     if job.result is not None:
         out.result = result_out(job, job.result, include_faces, include_embeddings)
@@ -143,8 +166,10 @@ def result_out(job: VideoJob, result: VideoResult, include_faces: bool, include_
         duration_s=result.duration_s,
         processing_s=result.processing_s,
         threshold=result.threshold,
-        tracks=[track_out(t, job.options.identify, job.options.liveness, include_faces, include_embeddings)
-                for t in result.tracks],
+        tracks=[
+            track_out(t, job.options.identify, job.options.liveness, include_faces, include_embeddings)
+            for t in result.tracks
+        ],
         warnings=result.warnings,
     )
     if job.annotated is not None:
@@ -152,16 +177,26 @@ def result_out(job: VideoJob, result: VideoResult, include_faces: bool, include_
     return out
 
 
-def track_out(track: TrackResult, identify: bool, liveness: bool, include_faces: bool,
-              include_embeddings: bool) -> TrackOut:
+def track_out(
+    track: TrackResult, identify: bool, liveness: bool, include_faces: bool, include_embeddings: bool
+) -> TrackOut:
     best = track.best
-    face = BestFaceOut(time_s=round(best.time_s, 3), frame=best.frame_index,
-                       bbox=[round(float(v), 2) for v in best.box], score=round(best.score, 4),
-                       quality=round(best.quality, 4))
+    face = BestFaceOut(
+        time_s=round(best.time_s, 3),
+        frame=best.frame_index,
+        bbox=[round(float(v), 2) for v in best.box],
+        score=round(best.score, 4),
+        quality=round(best.quality, 4),
+    )
     if include_faces:
         face.aligned = data_url(encode_png(track.crop), PNG_MEDIA_TYPE)
-    out = TrackOut(track_id=track.track_id, first_s=round(track.first_s, 3), last_s=round(track.last_s, 3),
-                   frames=track.frames, best_face=face)
+    out = TrackOut(
+        track_id=track.track_id,
+        first_s=round(track.first_s, 3),
+        last_s=round(track.last_s, 3),
+        frames=track.frames,
+        best_face=face,
+    )
     if identify:
         out.identity = match_out(track.identity) if track.identity else None
         out.matches = [match_out(m) for m in track.matches]
@@ -170,4 +205,3 @@ def track_out(track: TrackResult, identify: bool, liveness: bool, include_faces:
     if liveness:
         out.liveness = liveness_json(track.liveness)
     return out
-

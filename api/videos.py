@@ -44,16 +44,30 @@ REQUEST_BODY: dict[str, Any] = {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "required": [FIELD], "properties": {
-                    FIELD: {"type": "string", "format": "binary",
-                            "description": "MP4 (H.264, MPEG-4), AVI (MJPEG), WebM, ...: at most MAX_VIDEO_BYTES"}
-                }}
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {
+                        FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "MP4 (H.264, MPEG-4), AVI (MJPEG), WebM, ...: at most MAX_VIDEO_BYTES",
+                        }
+                    },
+                }
             },
             "application/json": {
-                "schema": {"type": "object", "required": [FIELD], "properties": {
-                    FIELD: {"type": "string", "description": "the file in base64 (or a data: URL); small clips only: "
-                            "the JSON body counts against MAX_REQUEST_BYTES"}
-                }},
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {
+                        FIELD: {
+                            "type": "string",
+                            "description": "the file in base64 (or a data: URL); small clips only: "
+                            "the JSON body counts against MAX_REQUEST_BYTES",
+                        }
+                    },
+                },
                 "example": {FIELD: "AAAAIGZ0eXBpc29tAAACAGlzb21pc28yYXZjMW1wNDE="},
             },
             "video/mp4": {"schema": {"type": "string", "format": "binary"}},
@@ -61,25 +75,59 @@ REQUEST_BODY: dict[str, Any] = {
     }
 }
 JOB_EXAMPLE = {
-    "id": "4c3f0e2a9b8d47e6a1f5c2d3b4a59687", "status": "done", "progress": 1.0, "frames_read": 300,
+    "id": "4c3f0e2a9b8d47e6a1f5c2d3b4a59687",
+    "status": "done",
+    "progress": 1.0,
+    "frames_read": 300,
     "created_at": "2026-12-04T18:30:00+00:00",
     "video": {"width": 1280, "height": 720, "fps": 30.0, "frames": 300, "duration_s": 10.0, "rotation": 0},
-    "options": {"sample_fps": 5.0, "identify": True, "top_k": 5, "threshold": None, "liveness": False,
-                "annotate": False},
+    "options": {
+        "sample_fps": 5.0,
+        "identify": True,
+        "top_k": 5,
+        "threshold": None,
+        "liveness": False,
+        "annotate": False,
+    },
     "result": {
         "people": [{"id": "5f0c3d9a8b6e4c1f9d2a7b3c4e5f6a7b", "name": "Ada Lovelace", "seconds": 6.2, "tracks": [1]}],
-        "unknown_tracks": 1, "frames_read": 300, "frames_sampled": 50, "duration_s": 10.0, "processing_s": 2.1,
+        "unknown_tracks": 1,
+        "frames_read": 300,
+        "frames_sampled": 50,
+        "duration_s": 10.0,
+        "processing_s": 2.1,
         "threshold": 0.3,
         "tracks": [
-            {"track_id": 1, "first_s": 0.0, "last_s": 6.0, "frames": 31,
-             "best_face": {"time_s": 2.4, "frame": 72, "bbox": [412.0, 188.5, 530.2, 340.7], "score": 0.86,
-                           "quality": 0.71},
-             "identity": {"id": "5f0c3d9a8b6e4c1f9d2a7b3c4e5f6a7b", "name": "Ada Lovelace", "similarity": 0.64},
-             "matches": [{"id": "5f0c3d9a8b6e4c1f9d2a7b3c4e5f6a7b", "name": "Ada Lovelace", "similarity": 0.64}]},
-            {"track_id": 2, "first_s": 6.2, "last_s": 9.8, "frames": 19,
-             "best_face": {"time_s": 8.0, "frame": 240, "bbox": [600.0, 200.0, 700.0, 330.0], "score": 0.81,
-                           "quality": 0.66},
-             "identity": None, "matches": []},
+            {
+                "track_id": 1,
+                "first_s": 0.0,
+                "last_s": 6.0,
+                "frames": 31,
+                "best_face": {
+                    "time_s": 2.4,
+                    "frame": 72,
+                    "bbox": [412.0, 188.5, 530.2, 340.7],
+                    "score": 0.86,
+                    "quality": 0.71,
+                },
+                "identity": {"id": "5f0c3d9a8b6e4c1f9d2a7b3c4e5f6a7b", "name": "Ada Lovelace", "similarity": 0.64},
+                "matches": [{"id": "5f0c3d9a8b6e4c1f9d2a7b3c4e5f6a7b", "name": "Ada Lovelace", "similarity": 0.64}],
+            },
+            {
+                "track_id": 2,
+                "first_s": 6.2,
+                "last_s": 9.8,
+                "frames": 19,
+                "best_face": {
+                    "time_s": 8.0,
+                    "frame": 240,
+                    "bbox": [600.0, 200.0, 700.0, 330.0],
+                    "score": 0.81,
+                    "quality": 0.66,
+                },
+                "identity": None,
+                "matches": [],
+            },
         ],
         "warnings": [],
     },
@@ -129,13 +177,17 @@ async def video_upload(request: Request, max_json_bytes: int) -> UploadFile | St
         async for chunk in request.stream():
             body += chunk
             if len(body) > max_json_bytes:
-                raise HTTPException(413, f"a JSON body is at most {max_json_bytes} bytes (MAX_REQUEST_BYTES): "
-                                    "send a larger video as a multipart form or as the raw body")
+                raise HTTPException(
+                    413,
+                    f"a JSON body is at most {max_json_bytes} bytes (MAX_REQUEST_BYTES): "
+                    "send a larger video as a multipart form or as the raw body",
+                )
         try:
             value = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
-                                           "input": {}}]) from None
+            raise RequestValidationError(
+                [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}]
+            ) from None
         if not isinstance(value, dict) or not isinstance(value.get(FIELD), str):
             raise missing_field()
         try:
@@ -153,9 +205,14 @@ async def check_key(request: Request, job: VideoJob, given: str | None) -> None:
 
 
 @router.post(
-    "/videos", status_code=202, response_model=VideoJobOut, response_model_exclude_unset=True,
-    responses={202: {"description": "queued; `Location` is the job", "headers": {"Location": {"schema": {
-        "type": "string"}}}}, **VIDEO_ERRORS},
+    "/videos",
+    status_code=202,
+    response_model=VideoJobOut,
+    response_model_exclude_unset=True,
+    responses={
+        202: {"description": "queued; `Location` is the job", "headers": {"Location": {"schema": {"type": "string"}}}},
+        **VIDEO_ERRORS,
+    },
     openapi_extra={**REQUEST_BODY, **OPTIONAL_KEY},
     summary="Start a job finding, tracking and identifying the people in a video",
 )
@@ -165,14 +222,22 @@ async def submit_video(
     jobs: VideosDep,
     settings: SettingsDep,
     key: KeyHeader = None,
-    sample_fps: Annotated[float | None, Query(gt=0, le=60, description="frames analysed per second of video; "
-                                              "default VIDEO_SAMPLE_FPS (5), the source's rate when lower")] = None,
+    sample_fps: Annotated[
+        float | None,
+        Query(
+            gt=0,
+            le=60,
+            description="frames analysed per second of video; "
+            "default VIDEO_SAMPLE_FPS (5), the source's rate when lower",
+        ),
+    ] = None,
     identify: Annotated[bool, Query(description="name each track from the gallery (needs the X-API-Key)")] = True,
     top_k: Annotated[int, Query(ge=1, le=100, description="matches listed per track")] = 5,
     threshold: Annotated[float | None, Query(ge=-1, le=1, description="default IDENTIFY_THRESHOLD")] = None,
     liveness: Annotated[bool, Query(description="a per-track liveness score (503 without the model)")] = False,
-    annotate: Annotated[bool, Query(description="also draw an MP4 with boxes and names: GET /videos/{id}/annotated")]
-    = False,
+    annotate: Annotated[
+        bool, Query(description="also draw an MP4 with boxes and names: GET /videos/{id}/annotated")
+    ] = False,
 ) -> VideoJobOut:
     if identify:
         await require_key(request, key)
@@ -188,10 +253,15 @@ async def submit_video(
 
 
 @router.get(
-    "/videos/{job_id}", response_model=VideoJobOut, response_model_exclude_unset=True,
-    responses={200: {"content": {"application/json": {"example": JOB_EXAMPLE}}},
-               **{c: VIDEO_ERRORS[c] for c in (401, 404, 429)}},
-    summary="A video job: its status, progress and, once done, its result", openapi_extra=OPTIONAL_KEY,
+    "/videos/{job_id}",
+    response_model=VideoJobOut,
+    response_model_exclude_unset=True,
+    responses={
+        200: {"content": {"application/json": {"example": JOB_EXAMPLE}}},
+        **{c: VIDEO_ERRORS[c] for c in (401, 404, 429)},
+    },
+    summary="A video job: its status, progress and, once done, its result",
+    openapi_extra=OPTIONAL_KEY,
 )
 async def get_video(
     request: Request,
@@ -207,10 +277,14 @@ async def get_video(
 
 
 @router.get(
-    "/videos/{job_id}/annotated", response_class=FileResponse,
-    responses={200: {"content": {MP4_MEDIA_TYPE: {}}, "description": "the sampled frames with boxes and names"},
-               **{c: VIDEO_ERRORS[c] for c in (401, 404, 429)}},
-    summary="The annotated MP4 of a job made with annotate=true", openapi_extra=OPTIONAL_KEY,
+    "/videos/{job_id}/annotated",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {MP4_MEDIA_TYPE: {}}, "description": "the sampled frames with boxes and names"},
+        **{c: VIDEO_ERRORS[c] for c in (401, 404, 429)},
+    },
+    summary="The annotated MP4 of a job made with annotate=true",
+    openapi_extra=OPTIONAL_KEY,
 )
 async def get_annotated(request: Request, jobs: VideosDep, job_id: str, key: KeyHeader = None) -> FileResponse:
     job = jobs.get(job_id)
@@ -223,9 +297,11 @@ async def get_annotated(request: Request, jobs: VideosDep, job_id: str, key: Key
 
 
 @router.delete(
-    "/videos/{job_id}", response_model=VideoDeleted,
+    "/videos/{job_id}",
+    response_model=VideoDeleted,
     responses={c: VIDEO_ERRORS[c] for c in (401, 404, 429)},
-    summary="Cancel a queued or running job, or remove a finished one", openapi_extra=OPTIONAL_KEY,
+    summary="Cancel a queued or running job, or remove a finished one",
+    openapi_extra=OPTIONAL_KEY,
 )
 async def delete_video(request: Request, jobs: VideosDep, job_id: str, key: KeyHeader = None) -> VideoDeleted:
     job = jobs.get(job_id)

@@ -26,8 +26,9 @@ class Shown:
     y: int = 40
 
 
-def write_clip(path: Path, shown: Sequence[Shown], seconds: float, fps: float = 10.0,
-               size: tuple[int, int] = (640, 360)) -> Path:
+def write_clip(
+    path: Path, shown: Sequence[Shown], seconds: float, fps: float = 10.0, size: tuple[int, int] = (640, 360)
+) -> Path:
     """Write `seconds` of video at `fps` (codec by suffix: MJPEG .avi, MPEG-4 .mp4, VP8 .webm)."""
     width, height = size
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FOURCCS[path.suffix]), fps, (width, height))
@@ -57,7 +58,8 @@ def rotate_mp4(source: Path, target: Path, degrees: int = 90) -> Path:
     version = data[at + 4]
     matrix_at = at + 4 + 4 + (20 if version == 0 else 32) + 8 + 8  # flags, times, id, duration, reserved, layer..
     one, cos, sin = 1 << 16, {0: 1, 90: 0, 180: -1, 270: 0}[degrees], {0: 0, 90: 1, 180: 0, 270: -1}[degrees]
-    data[matrix_at : matrix_at + 36] = struct.pack(">9i", cos * one, sin * one, 0, -sin * one, cos * one, 0, 0, 0,
-                                                   1 << 30)
+    data[matrix_at : matrix_at + 36] = struct.pack(
+        ">9i", cos * one, sin * one, 0, -sin * one, cos * one, 0, 0, 0, 1 << 30
+    )
     target.write_bytes(bytes(data))
     return target

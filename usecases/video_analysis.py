@@ -99,8 +99,12 @@ class _Faces:
 
 class VideoAnalysis:
     def __init__(
-        self, pipeline: FacePipeline, identification: Identification, liveness: LivenessCheck,
-        settings: Settings, slots: Slots,
+        self,
+        pipeline: FacePipeline,
+        identification: Identification,
+        liveness: LivenessCheck,
+        settings: Settings,
+        slots: Slots,
     ) -> None:
         self.pipeline = pipeline
         self.identification = identification
@@ -114,7 +118,11 @@ class VideoAnalysis:
             await self.pipeline.require_liveness()
 
     async def analyse(
-        self, path: Path, info: VideoInfo, options: VideoOptions, progress: Callable[[int], None],
+        self,
+        path: Path,
+        info: VideoInfo,
+        options: VideoOptions,
+        progress: Callable[[int], None],
         annotated: Path | None = None,
     ) -> VideoResult:
         """Tracks, identities and the summary of the video at `path`; `progress(frames_read)` after each batch.
@@ -124,9 +132,11 @@ class VideoAnalysis:
         begin = time.perf_counter()
         settings = self.settings
         step = sampling_step(info.fps, options.sample_fps)
-        tracker = Tracker(TrackerConfig(
-            step_s=step, max_gap_s=settings.video_track_gap_s, min_similarity=settings.similarity_threshold
-        ))
+        tracker = Tracker(
+            TrackerConfig(
+                step_s=step, max_gap_s=settings.video_track_gap_s, min_similarity=settings.similarity_threshold
+            )
+        )
         faces = _Faces({}, {})
         reader = FrameReader(path, info, options.sample_fps, settings.max_video_seconds)
         pending = asyncio.ensure_future(asyncio.to_thread(reader.read, BATCH_FRAMES))
@@ -169,8 +179,9 @@ class VideoAnalysis:
         start = 0
         for position, (frame, found) in enumerate(zip(frames, detections, strict=True)):
             end = start + len(found)
-            linked = tracker.update(frame.index, frame.time_s, found.boxes, embeddings[start:end],
-                                    found.scores, qualities[start:end])
+            linked = tracker.update(
+                frame.index, frame.time_s, found.boxes, embeddings[start:end], found.scores, qualities[start:end]
+            )
             for offset, link in enumerate(linked):
                 if link.is_best:
                     faces.crops[link.track_id] = crops[start + offset]
@@ -190,14 +201,29 @@ class VideoAnalysis:
             if options.liveness:
                 score = float(np.mean(faces.real_scores[track.track_id]))
                 verdict = Verdict(round(score, 6), score >= self.liveness.threshold)
-            results.append(TrackResult(
-                track.track_id, track.first_s, track.last_s, track.frames, track.best,
-                faces.crops[track.track_id], track.embedding, identity, tuple(matches), verdict,
-            ))
+            results.append(
+                TrackResult(
+                    track.track_id,
+                    track.first_s,
+                    track.last_s,
+                    track.frames,
+                    track.best,
+                    faces.crops[track.track_id],
+                    track.embedding,
+                    identity,
+                    tuple(matches),
+                    verdict,
+                )
+            )
         return results
 
     async def _annotate(
-        self, path: Path, info: VideoInfo, options: VideoOptions, tracker: Tracker, tracks: list[TrackResult],
+        self,
+        path: Path,
+        info: VideoInfo,
+        options: VideoOptions,
+        tracker: Tracker,
+        tracks: list[TrackResult],
         target: Path,
     ) -> int:
         labels = {t.track_id: track_label(t) for t in tracks}
@@ -209,7 +235,13 @@ class VideoAnalysis:
         cancelled = threading.Event()
         try:
             return await asyncio.to_thread(
-                write_annotated, path, info, options.sample_fps, self.settings.max_video_seconds, target, marks,
+                write_annotated,
+                path,
+                info,
+                options.sample_fps,
+                self.settings.max_video_seconds,
+                target,
+                marks,
                 lambda: not cancelled.is_set(),
             )
         except asyncio.CancelledError:

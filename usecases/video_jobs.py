@@ -57,7 +57,11 @@ class Analyser(Protocol):
     async def check(self, options: VideoOptions) -> None: ...
 
     async def analyse(
-        self, path: Path, info: VideoInfo, options: VideoOptions, progress: Callable[[int], None],
+        self,
+        path: Path,
+        info: VideoInfo,
+        options: VideoOptions,
+        progress: Callable[[int], None],
         annotated: Path | None = None,
     ) -> VideoResult: ...
 
@@ -143,7 +147,8 @@ class VideoJobs:
             retry = self.retry_after_s()
             raise VideoJobsBusy(
                 f"the video workers are busy ({taken} jobs running or waiting, MAX_VIDEO_JOBS + VIDEO_QUEUE = "
-                f"{self.capacity}); retry after {retry} s", retry,
+                f"{self.capacity}); retry after {retry} s",
+                retry,
             )
 
     async def submit(self, upload: Upload, options: VideoOptions) -> VideoJob:

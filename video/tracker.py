@@ -103,8 +103,16 @@ class Track:
         """(N,) cosine of N unit embeddings (N, D) to this track: the better of its last face and its mean."""
         return np.maximum(embeddings @ self.last_embedding, embeddings @ _unit(self.sum_all))
 
-    def add(self, frame_index: int, time_s: float, box: np.ndarray, embedding: np.ndarray, score: float,
-            quality: float, good_quality: float) -> bool:
+    def add(
+        self,
+        frame_index: int,
+        time_s: float,
+        box: np.ndarray,
+        embedding: np.ndarray,
+        score: float,
+        quality: float,
+        good_quality: float,
+    ) -> bool:
         """Add one face; True when it became the track's best face."""
         self.observations.append((frame_index, time_s, box))
         self.last_box, self.last_embedding = box, embedding
@@ -132,8 +140,13 @@ class Tracker:
         self.tracks: list[Track] = []
 
     def update(
-        self, frame_index: int, time_s: float, boxes: np.ndarray, embeddings: np.ndarray,
-        scores: np.ndarray, qualities: np.ndarray,
+        self,
+        frame_index: int,
+        time_s: float,
+        boxes: np.ndarray,
+        embeddings: np.ndarray,
+        scores: np.ndarray,
+        qualities: np.ndarray,
     ) -> list[Linked]:
         """Link one frame's N faces: boxes (N, 4), unit embeddings (N, D), scores (N,), qualities (N,).
 
@@ -157,15 +170,21 @@ class Tracker:
                 track = Track(
                     track_id=len(self.tracks) + 1,
                     best=BestFace(frame_index, time_s, box, score, quality),
-                    last_box=box, last_embedding=embedding,
-                    sum_all=np.zeros_like(embedding), sum_good=np.zeros_like(embedding),
+                    last_box=box,
+                    last_embedding=embedding,
+                    sum_all=np.zeros_like(embedding),
+                    sum_good=np.zeros_like(embedding),
                 )
                 self.tracks.append(track)
                 track.add(frame_index, time_s, box, embedding, score, quality, config.good_quality)
                 out.append(Linked(track.track_id, True))
             else:
-                out.append(Linked(track.track_id, track.add(
-                    frame_index, time_s, box, embedding, score, quality, config.good_quality)))
+                out.append(
+                    Linked(
+                        track.track_id,
+                        track.add(frame_index, time_s, box, embedding, score, quality, config.good_quality),
+                    )
+                )
         return out
 
     def _candidate_pairs(

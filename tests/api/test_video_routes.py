@@ -60,8 +60,14 @@ def wait_progress(client: httpx.Client, job_id: str) -> dict:
 @pytest.fixture(scope="module")
 def video_api(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
     folder = tmp_path_factory.mktemp("video-api")
-    env = {"TRITON_URL": triton.url, "GALLERY_DB": str(folder / "gallery.db"), "VIDEO_DIR": str(folder / "videos"),
-           "MAX_VIDEO_JOBS": "1", "VIDEO_QUEUE": "2", "MAX_VIDEO_SECONDS": "120"}
+    env = {
+        "TRITON_URL": triton.url,
+        "GALLERY_DB": str(folder / "gallery.db"),
+        "VIDEO_DIR": str(folder / "videos"),
+        "MAX_VIDEO_JOBS": "1",
+        "VIDEO_QUEUE": "2",
+        "MAX_VIDEO_SECONDS": "120",
+    }
     server = ApiProcess(env, folder / "api.log").start()
     yield server
     server.stop()
@@ -79,8 +85,11 @@ def people(lfw_dir: Path, client: httpx.Client) -> dict[str, dict]:
     chosen = {}
     for key, name in zip(("a", "b"), ENROLLED, strict=True):
         files = sorted((lfw_dir / "deepfunneled" / name).glob("*.jpg"))
-        enrolled = client.post("/identities", data={"name": name.replace("_", " ")},
-                               files=[("images", (p.name, p.read_bytes())) for p in files[:3]])
+        enrolled = client.post(
+            "/identities",
+            data={"name": name.replace("_", " ")},
+            files=[("images", (p.name, p.read_bytes())) for p in files[:3]],
+        )
         assert enrolled.status_code == 201, enrolled.text
         chosen[key] = {"id": enrolled.json()["id"], "photo": files[SHOWN_PHOTO]}
     loners = sorted(p for p in (lfw_dir / "deepfunneled").iterdir() if len(list(p.glob("*.jpg"))) == 1)
@@ -102,8 +111,13 @@ def clip(people: dict[str, dict], tmp_path_factory: pytest.TempPathFactory) -> P
 def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """100 s of group photo: a job that runs long enough to be cancelled, or to overlap image requests."""
     group = cv2.resize(cv2.imread(str(photo("t1.jpg"))), (480, 320))
-    return write_clip(tmp_path_factory.mktemp("long") / "long.avi", [Shown(group, 0, 100, x0=0, x1=0, y=0)],
-                      100, fps=5, size=(480, 320))
+    return write_clip(
+        tmp_path_factory.mktemp("long") / "long.avi",
+        [Shown(group, 0, 100, x0=0, x1=0, y=0)],
+        100,
+        fps=5,
+        size=(480, 320),
+    )
 
 
 def upload(client: httpx.Client, path: Path, **params) -> httpx.Response:

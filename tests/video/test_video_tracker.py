@@ -29,8 +29,9 @@ def box(x: float, y: float = 50.0, side: float = 100.0) -> np.ndarray:
     return np.array([x, y, x + side, y + side], np.float32)
 
 
-def feed(tracker: Tracker, frames: list[list[tuple[np.ndarray, np.ndarray]]], start_index: int = 0,
-         quality: float = 0.8) -> list[list[int]]:
+def feed(
+    tracker: Tracker, frames: list[list[tuple[np.ndarray, np.ndarray]]], start_index: int = 0, quality: float = 0.8
+) -> list[list[int]]:
     """Frames of (box, embedding) faces, one sampling step apart; the track ids each frame's faces got."""
     ids = []
     for offset, faces in enumerate(frames):
@@ -38,8 +39,9 @@ def feed(tracker: Tracker, frames: list[list[tuple[np.ndarray, np.ndarray]]], st
         boxes = np.stack([b for b, _ in faces]) if faces else np.zeros((0, 4), np.float32)
         embeddings = np.stack([e for _, e in faces]) if faces else np.zeros((0, DIM), np.float32)
         n = len(faces)
-        linked = tracker.update(index, round(index * STEP_S, 6), boxes, embeddings, np.full(n, 0.9),
-                                np.full(n, quality, np.float32))
+        linked = tracker.update(
+            index, round(index * STEP_S, 6), boxes, embeddings, np.full(n, 0.9), np.full(n, quality, np.float32)
+        )
         ids.append([link.track_id for link in linked])
     return ids
 
@@ -132,8 +134,9 @@ def test_a_track_without_good_faces_takes_the_mean_of_all() -> None:
     ],
 )
 def test_face_quality_scores(score, size, yaw, pitch, sharpness, expected) -> None:
-    [quality] = face_quality_scores(np.array([score]), np.array([size]), np.array([yaw]), np.array([pitch]),
-                                    np.array([sharpness]))
+    [quality] = face_quality_scores(
+        np.array([score]), np.array([size]), np.array([yaw]), np.array([pitch]), np.array([sharpness])
+    )
     assert quality == pytest.approx(expected, abs=1e-6)
 
 
