@@ -53,6 +53,7 @@ from frtriton_client.results import (
     Match,
     Rejected,
 )
+from frtriton_client.video_results import PersonSeen, VideoJob, VideoJobFailed, VideoResult, VideoTrack
 
 __all__ = [
     "API_KEY_HEADER",
@@ -70,6 +71,7 @@ __all__ = [
     "ImageInput",
     "InvalidRequest",
     "Match",
+    "PersonSeen",
     "NoFaceDetected",
     "NotFound",
     "RateLimited",
@@ -77,4 +79,8 @@ __all__ = [
     "ServiceUnavailable",
     "Timeout",
     "Unauthorized",
+    "VideoJob",
+    "VideoJobFailed",
+    "VideoResult",
+    "VideoTrack",
 ]
