@@ -11,6 +11,7 @@ so a video takes its turn with them and never starves them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
@@ -35,6 +36,10 @@ from vision.detections import Detections
 from vision.quality import face_quality
 
 BATCH_FRAMES = 8  # sampled frames per detector batch: one admission slot each, cancellation between them
+# Batches in flight at once: the next batch's detection runs while this one's faces are embedded
+# (Triton runs the detector on two threads, the recognizer on one: one batch at a time leaves a
+# core idle). Each holds its own admission slot. Tracks are still linked in frame order.
+PIPELINE_DEPTH = 2
 
 
 class Slots(Protocol):
@@ -89,6 +94,17 @@ class VideoResult:
     annotated_frames: int | None = None  # frames in the annotated copy, when asked for
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """What the models said about a batch of frames: per frame its faces; per face (in order) the rest."""
+
+    detections: list[Detections]
+    crops: np.ndarray  # (N, S, S, 3)
+    qualities: np.ndarray  # (N,)
+    embeddings: np.ndarray  # (N, D)
+    verdicts: list[list[Verdict]] | None
+
+
 @dataclass
 class _Faces:
     """What a batch's faces give the tracks: per track its best crop, its liveness scores."""
@@ -140,14 +156,21 @@ class VideoAnalysis:
         faces = _Faces({}, {})
         reader = FrameReader(path, info, options.sample_fps, settings.max_video_seconds)
         pending = asyncio.ensure_future(asyncio.to_thread(reader.read, BATCH_FRAMES))
+        inflight: collections.deque[tuple[list[Frame], asyncio.Future[_Batch]]] = collections.deque()
         try:
             # shield: a cancelled job must not abandon the reading thread (it finishes its batch, below)
             while frames := await asyncio.shield(pending):
                 pending = asyncio.ensure_future(asyncio.to_thread(reader.read, BATCH_FRAMES))  # read ahead
-                await self._analyse_batch(frames, options, tracker, faces)
-                progress(reader.frames_read)
+                inflight.append((frames, asyncio.ensure_future(self._infer(frames, options))))
+                if len(inflight) >= PIPELINE_DEPTH:
+                    link(*await _next(inflight), tracker, faces)
+                    progress(reader.frames_read)
+            while inflight:
+                link(*await _next(inflight), tracker, faces)
         finally:
-            await asyncio.wait([pending])  # the reading thread finishes its batch before the file is closed
+            for _, task in inflight:
+                task.cancel()
+            await asyncio.wait([pending, *(task for _, task in inflight)])  # the reading thread finishes first
             await asyncio.to_thread(reader.close)
         progress(reader.frames_read)
         tracks = await self._results(tracker, faces, options)
@@ -168,7 +191,8 @@ class VideoAnalysis:
             annotated_frames=annotated_frames,
         )
 
-    async def _analyse_batch(self, frames: list[Frame], options: VideoOptions, tracker: Tracker, faces: _Faces) -> None:
+    async def _infer(self, frames: list[Frame], options: VideoOptions) -> _Batch:
+        """Faces of a batch of frames: detected, aligned, measured and embedded in one admission slot."""
         images = [frame.pixels for frame in frames]
         async with self.slots.slot():
             detections = await self.pipeline.detect(images)
@@ -176,18 +200,7 @@ class VideoAnalysis:
             crops, qualities = await asyncio.to_thread(measure_faces, images, detections, size)
             embeddings = await self.pipeline.embed(crops) if len(crops) else np.zeros((0, 0), np.float32)
             verdicts = await self.liveness.verdicts(images, detections) if options.liveness else None
-        start = 0
-        for position, (frame, found) in enumerate(zip(frames, detections, strict=True)):
-            end = start + len(found)
-            linked = tracker.update(
-                frame.index, frame.time_s, found.boxes, embeddings[start:end], found.scores, qualities[start:end]
-            )
-            for offset, link in enumerate(linked):
-                if link.is_best:
-                    faces.crops[link.track_id] = crops[start + offset]
-                if verdicts is not None:
-                    faces.real_scores.setdefault(link.track_id, []).append(verdicts[position][offset].real_score)
-            start = end
+        return _Batch(detections, crops, qualities, embeddings, verdicts)
 
     async def _results(self, tracker: Tracker, faces: _Faces, options: VideoOptions) -> list[TrackResult]:
         tracks = tracker.tracks
@@ -247,6 +260,32 @@ class VideoAnalysis:
         except asyncio.CancelledError:
             cancelled.set()  # the drawing thread stops at its next batch
             raise
+
+
+async def _next(inflight: collections.deque) -> tuple[list[Frame], _Batch]:
+    frames, task = inflight.popleft()
+    return frames, await task
+
+
+def link(frames: list[Frame], batch: _Batch, tracker: Tracker, faces: _Faces) -> None:
+    """Add a batch's faces to the tracks, frame by frame in order; keep new best crops and liveness scores."""
+    start = 0
+    for position, (frame, found) in enumerate(zip(frames, batch.detections, strict=True)):
+        end = start + len(found)
+        linked = tracker.update(
+            frame.index,
+            frame.time_s,
+            found.boxes,
+            batch.embeddings[start:end],
+            found.scores,
+            batch.qualities[start:end],
+        )
+        for offset, item in enumerate(linked):
+            if item.is_best:
+                faces.crops[item.track_id] = batch.crops[start + offset]
+            if batch.verdicts is not None:
+                faces.real_scores.setdefault(item.track_id, []).append(batch.verdicts[position][offset].real_score)
+        start = end
 
 
 def measure_faces(images: list[np.ndarray], detections: list[Detections], size: int) -> tuple[np.ndarray, np.ndarray]:
