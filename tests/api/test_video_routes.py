@@ -257,3 +257,27 @@ def test_a_job_cancelled_mid_run_stops_and_frees_its_worker(
     assert wait_done(client, after["id"])["status"] == "done"  # MAX_VIDEO_JOBS=1: the worker was freed
     folder = Path(video_api.env["VIDEO_DIR"])
     assert not list(folder.glob(f"{job['id']}*")) and not list(folder.glob(f"{after['id']}*"))
+
+
+def test_liveness_without_the_anti_spoofing_model_is_503_naming_what_to_install(client: httpx.Client, clip: Path):
+    answer = upload(client, clip, liveness="true")
+    assert answer.status_code == 503 and "ANTISPOOF_FROM" in answer.json()["detail"]
+    assert answer.headers["retry-after"]
+
+
+def test_every_track_gets_a_liveness_score_from_the_anti_spoofing_model(
+    live_triton, clip: Path, tmp_path: Path
+) -> None:
+    server = ApiProcess({"TRITON_URL": live_triton.url, "GALLERY_DB": str(tmp_path / "g.db")}, tmp_path / "api.log")
+    server.start()
+    try:
+        with server.client(timeout=120) as live:
+            started = upload(live, clip, liveness="true", identify="false")
+            assert started.status_code == 202, started.text
+            body = wait_done(live, started.json()["id"])
+    finally:
+        server.stop()
+    tracks = body["result"]["tracks"]
+    assert len(tracks) == 4 and body["options"]["liveness"]  # a twice (7 s apart), b, the stranger
+    for track in tracks:
+        assert 0 <= track["liveness"]["real_score"] <= 1 and isinstance(track["liveness"]["is_real"], bool)
