@@ -96,7 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "`data:image/...;base64,` URL): each request body documents both.\n\n"
             "The gallery routes (enroll, list, change, delete, identify) need the `X-API-Key` header: "
             "the value of `API_KEY`, or the key the server generated on its first start in `data/api_key` "
-            "(beside `GALLERY_DB`). Use **Authorize** to send it from this page."
+            "(beside `GALLERY_DB`). Use **Authorize** to send it from this page.\n\n"
+            "Videos: `POST /videos` starts a background job (202 + `Location`) that finds, tracks and "
+            "identifies the people of a video file; follow it with `GET /videos/{id}`. Jobs live in the "
+            "API process's memory: after a restart an old id is 404."
         ),
         lifespan=lifespan,
     )

@@ -104,6 +104,19 @@ def run_job(client: httpx.Client, clip: Path, sample_fps: float) -> dict:
     }
 
 
+def measure(url: str, clip: Path, rates: list[float], rounds: int, results: dict[float, list[dict]]) -> None:
+    """Enroll two walkers, warm up, then run the clip at every rate, `rounds` times, into `results`."""
+    with httpx.Client(base_url=url, timeout=600, headers={"X-API-Key": "benchmark"}) as client:
+        for name in ENROLLED:
+            photos = sorted((LFW_DIR / "deepfunneled" / name).glob("*.jpg"))[:3]
+            files = [("images", (p.name, p.read_bytes())) for p in photos]
+            client.post("/identities", data={"name": name.replace("_", " ")}, files=files).raise_for_status()
+        run_job(client, clip, rates[0])  # warm-up: first-call costs out of the numbers
+        for _ in range(rounds):
+            for rate in rates:
+                results[rate].append(run_job(client, clip, rate))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
@@ -126,15 +139,7 @@ def main() -> None:
     results: dict[float, list[dict]] = {rate: [] for rate in args.sample_fps}
     env = {"API_KEY": "benchmark", "GALLERY_DB": str(folder / "gallery.db"), "MAX_VIDEO_SECONDS": "3600"}
     with Service(args.repo, folder / "service.log", env=env) as service:
-        with httpx.Client(base_url=service.url, timeout=600, headers={"X-API-Key": "benchmark"}) as client:
-            for name in ENROLLED:
-                photos = sorted((LFW_DIR / "deepfunneled" / name).glob("*.jpg"))[:3]
-                files = [("images", (p.name, p.read_bytes())) for p in photos]
-                client.post("/identities", data={"name": name.replace("_", " ")}, files=files).raise_for_status()
-            run_job(client, clip, args.sample_fps[0])  # warm-up: first-call costs out of the numbers
-            for _ in range(args.rounds):
-                for rate in args.sample_fps:
-                    results[rate].append(run_job(client, clip, rate))
+        measure(service.url, clip, args.sample_fps, args.rounds, results)
     print(f"{'sample_fps':>10} {'frames':>7} {'processing':>11} {'sampled fps':>12} {'real time':>10} {'wall':>8}")
     summary = {}
     for rate, runs in results.items():
