@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -162,6 +163,7 @@ def main() -> None:
     out = ROOT / "benchmarks" / "out"
     out.mkdir(exist_ok=True)
     (out / "video.json").write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
