@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_json)
     # Added innermost first: a request meets RequestId, HttpMetrics, CORS, AdmissionQueue, BodySizeLimit.
     # POST /videos takes uploads up to MAX_VIDEO_BYTES (plus the form's own bytes), cut off while streaming.
-    video_limit = max(settings.max_request_bytes, settings.max_video_bytes + videos.FORM_OVERHEAD_BYTES)
+    video_limit = settings.max_video_bytes + videos.FORM_OVERHEAD_BYTES
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, path_limits={"/videos": video_limit})
     # Made here, not by add_middleware, so that video jobs take their turn in the same slots.
     admission = AdmissionQueue(

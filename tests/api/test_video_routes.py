@@ -281,3 +281,45 @@ def test_every_track_gets_a_liveness_score_from_the_anti_spoofing_model(
     assert len(tracks) == 4 and body["options"]["liveness"]  # a twice (7 s apart), b, the stranger
     for track in tracks:
         assert 0 <= track["liveness"]["real_score"] <= 1 and isinstance(track["liveness"]["is_real"], bool)
+
+
+@pytest.fixture(scope="module")
+def small_api(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    """One worker, no queue, uploads of at most 1 MB."""
+    folder = tmp_path_factory.mktemp("small-video-api")
+    env = {
+        "TRITON_URL": triton.url,
+        "GALLERY_DB": str(folder / "gallery.db"),
+        "MAX_VIDEO_JOBS": "1",
+        "VIDEO_QUEUE": "0",
+        "MAX_VIDEO_BYTES": "1000000",
+    }
+    server = ApiProcess(env, folder / "api.log").start()
+    yield server
+    server.stop()
+
+
+def test_with_every_worker_busy_a_new_job_is_refused_with_retry_after(small_api: ApiProcess, tmp_path: Path):
+    grey = write_clip(tmp_path / "grey.mp4", [], 600, fps=5, size=(64, 64))  # 3000 frames, ~50 KB
+    with small_api.client() as client:
+        running = upload(client, grey, identify="false").json()
+        wait_progress(client, running["id"])
+        refused = upload(client, grey, identify="false")
+        assert refused.status_code == 503 and "MAX_VIDEO_JOBS" in refused.json()["detail"]
+        assert int(refused.headers["retry-after"]) >= 1
+        assert client.delete(f"/videos/{running['id']}").json()["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (1_500_000, "larger than 1000000 bytes (MAX_VIDEO_BYTES)"),  # counted as it is copied
+        (3_000_000, "request body larger than 2048576 bytes"),  # refused before it is read: the limit + 1 MiB
+    ],
+)
+def test_an_upload_above_max_video_bytes_is_refused_while_it_streams(small_api: ApiProcess, size, message) -> None:
+    with small_api.client() as client:
+        answer = client.post("/videos", files={"video": ("big.avi", b"\0" * size)})
+        assert answer.status_code == 413 and message in answer.json()["detail"]
+    with small_api.client() as client:
+        assert client.get("/health").status_code == 200
