@@ -17,6 +17,7 @@ from usecases.identification import Identification
 from usecases.liveness import LivenessCheck
 from usecases.people import People
 from usecases.status import ServiceStatus
+from usecases.video_jobs import VideoJobs
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -37,6 +38,7 @@ IdentificationDep = Annotated[Identification, from_state("identification")]
 PeopleDep = Annotated[People, from_state("people")]
 LivenessDep = Annotated[LivenessCheck, from_state("liveness")]
 StatusDep = Annotated[ServiceStatus, from_state("status")]
+VideosDep = Annotated[VideoJobs, from_state("videos")]
 
 
 async def read_image(upload: UploadFile, settings: Settings) -> np.ndarray:

@@ -61,6 +61,7 @@ from frtriton_client.results import (
     Pose,
     Rejected,
 )
+from frtriton_client.video_results import PersonSeen, VideoJob, VideoJobFailed, VideoResult, VideoTrack
 
 __all__ = [
     "API_KEY_HEADER",
@@ -83,6 +84,7 @@ __all__ = [
     "ImageInput",
     "InvalidRequest",
     "Match",
+    "PersonSeen",
     "NoFaceDetected",
     "NotFound",
     "Pose",
@@ -91,4 +93,8 @@ __all__ = [
     "ServiceUnavailable",
     "Timeout",
     "Unauthorized",
+    "VideoJob",
+    "VideoJobFailed",
+    "VideoResult",
+    "VideoTrack",
 ]

@@ -57,20 +57,36 @@ class Identification:
 
         With `liveness` every face also gets its verdict (LivenessUnavailable when not installed).
         """
-        cut = self.settings.identify_threshold if threshold is None else threshold
+        cut = self.threshold(threshold)
         if self.model is not None:
             await self.model.ensure()  # GalleryModelMismatch (503) rather than matches of another model
         if liveness:
             await self.pipeline.require_liveness()
         [aligned] = await self.pipeline.aligned_faces([image])
         found = aligned.faces
-        candidates = await asyncio.to_thread(self.gallery.search, aligned.embeddings, top_k) if len(found) else []
+        named = await self.name(aligned.embeddings, top_k, cut)
         attributes = await asyncio.to_thread(face_attributes, found.landmarks, aligned.crops, self.limits)
         verdicts = (await self.liveness.verdicts([image], [found]))[0] if liveness else [None] * len(found)
         identified = []
-        for box, score, matches, measured, verdict in zip(
-            found.boxes, found.scores, candidates, attributes, verdicts, strict=True
+        for box, score, (best, matches), measured, verdict in zip(
+            found.boxes, found.scores, named, attributes, verdicts, strict=True
         ):
-            best = matches[0] if matches and matches[0].similarity >= cut else None
             identified.append(IdentifiedFace(box, float(score), best, matches, measured, verdict))
         return Identified(found, cut, identified)
+
+    def threshold(self, threshold: float | None) -> float:
+        """The cut a face is named at: `threshold`, or IDENTIFY_THRESHOLD."""
+        return self.settings.identify_threshold if threshold is None else threshold
+
+    async def name(
+        self, embeddings: np.ndarray, top_k: int, threshold: float
+    ) -> list[tuple[Match | None, list[Match]]]:
+        """For each of the (N, D) embeddings: (the best match when it reaches `threshold`, else None;
+        the top_k nearest people, best first). One gallery search for all of them."""
+        if not len(embeddings):
+            return []
+        if self.model is not None:
+            await self.model.ensure()  # GalleryModelMismatch (503) rather than matches of another model
+        candidates = await asyncio.to_thread(self.gallery.search, embeddings, top_k)
+        return [(matches[0] if matches and matches[0].similarity >= threshold else None, matches)
+                for matches in candidates]
