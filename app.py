@@ -25,7 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import embedding_search, faces, gallery, service, verification
+from api import embedding_search, faces, gallery, service, verification, videos
 from api.error_status import ERROR_STATUS, status_for
 from api.keys import KeyGuard
 from api.middleware import REQUEST_ID_HEADER, AdmissionQueue, BodySizeLimit, RequestId
@@ -43,6 +43,8 @@ from usecases.liveness import LivenessCheck
 from usecases.people import People
 from usecases.status import ServiceStatus
 from usecases.verification import Verification
+from usecases.video_analysis import VideoAnalysis
+from usecases.video_jobs import VideoJobs
 
 log = logging.getLogger("frtriton")
 
@@ -89,9 +91,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.identification = Identification(pipeline, store, liveness, settings, model)
         app.state.verification = Verification(pipeline, store, liveness, settings, model)
         app.state.people = People(store)
+        analysis = VideoAnalysis(pipeline, app.state.identification, liveness, settings, admission)
+        app.state.videos = VideoJobs(analysis, settings)
+        await app.state.videos.start()
         try:
             yield
         finally:
+            await app.state.videos.close()  # cancels running jobs, removes their files
             await asyncio.gather(warming, return_exceptions=True)
             await asyncio.to_thread(store.close)
             await client.close()
@@ -110,18 +116,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "The gallery routes (enroll, list, change, delete, identify, verify, identify by embedding) need "
             "the `X-API-Key` header: "
             "the value of `API_KEY`, or the key the server generated on its first start in `data/api_key` "
-            "(beside `GALLERY_DB`). Use **Authorize** to send it from this page."
+            "(beside `GALLERY_DB`). Use **Authorize** to send it from this page.\n\n"
+            "Videos: `POST /videos` starts a background job (202 + `Location`) that finds, tracks and "
+            "identifies the people of a video file; follow it with `GET /videos/{id}`. Jobs live in the "
+            "API process's memory: after a restart an old id is 404."
         ),
         lifespan=lifespan,
     )
     app.state.settings = settings
     configure_logging(settings.log_json)
     # Added innermost first: a request meets RequestId, HttpMetrics, CORS, AdmissionQueue, BodySizeLimit.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(
-        AdmissionQueue, limit=settings.max_in_flight, queue_length=settings.queue_length,
+    # POST /videos takes uploads up to MAX_VIDEO_BYTES (plus the form's own bytes), cut off while streaming.
+    video_limit = settings.max_video_bytes + videos.FORM_OVERHEAD_BYTES
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, path_limits={"/videos": video_limit})
+    # Made here, not by add_middleware, so that video jobs take their turn in the same slots.
+    admission = AdmissionQueue(
+        None, limit=settings.max_in_flight, queue_length=settings.queue_length,
         timeout_s=settings.queue_timeout_s, max_body_bytes=settings.max_request_bytes,
     )
+    app.add_middleware(admission.around)
     if settings.cors_origins:  # closed by default: no cross-origin browser access
         app.add_middleware(
             CORSMiddleware,
@@ -133,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HttpMetrics)
     app.add_middleware(RequestId)
     _install_error_handlers(app)
-    for module in (service, faces, gallery, verification, embedding_search):
+    for module in (service, faces, gallery, verification, embedding_search, videos):
         app.include_router(module.router)
     if UI_DIR.is_dir():  # html=True serves index.html at /ui/ (GET /ui redirects there)
         app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
@@ -143,7 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _install_error_handlers(app: FastAPI) -> None:
     async def domain_error(request: Request, error: Exception) -> JSONResponse:
         status = status_for(error)
-        headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+        # VideoJobsBusy computes its own Retry-After; every other 503 asks for RETRY_AFTER_S
+        headers = {"Retry-After": str(getattr(error, "retry_after_s", RETRY_AFTER_S))} if status == 503 else None
         if status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, status, error)
         return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)

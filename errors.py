@@ -68,3 +68,27 @@ class ModelMismatch(FaceServiceError):
 
 class DuplicateIdentity(FaceServiceError):
     """Enrollment with on_duplicate=reject of faces that match someone enrolled already (409; nothing stored)."""
+
+
+class InvalidVideo(FaceServiceError):
+    """The upload is not a video we can decode (not a video, truncated before its first frame, no frame rate)."""
+
+
+class VideoTooLarge(FaceServiceError):
+    """The video exceeds MAX_VIDEO_BYTES, MAX_VIDEO_SECONDS or the per-frame pixel limit."""
+
+
+class VideoJobNotFound(FaceServiceError):
+    """No video job with this id: never made, removed, expired, or made before the service restarted."""
+
+
+class VideoJobsBusy(FaceServiceError):
+    """Every video worker is busy and the job queue is full; `retry_after_s` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class AnnotatedVideoMissing(FaceServiceError):
+    """The job has no annotated video (not asked for with annotate=true, or not finished yet)."""

@@ -219,6 +219,29 @@ class Settings(BaseSettings):
         description="cosine at or above which two faces are called the same person",
     )
 
+    # --- Video (issue 24; README, Video) --------------------------------------
+    # Jobs run in the API process (usecases/video_jobs.py) and take one admission slot per batch
+    # of frames (the same FIFO as the image routes), so a long video never starves them.
+    max_video_jobs: int = Field(default=1, ge=1, description="video jobs processed at once (the worker pool)")
+    video_queue: int = Field(
+        default=4, ge=0, description="video jobs that may wait for a worker; beyond, POST /videos is 503 + Retry-After"
+    )
+    video_result_ttl_s: float = Field(
+        default=3600, gt=0, description="how long a finished job's result (and annotated video) is kept, seconds"
+    )
+    max_video_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="per uploaded video, bytes")
+    max_video_seconds: float = Field(default=600, gt=0, description="longest video accepted, seconds")
+    video_sample_fps: float = Field(
+        default=5.0, gt=0, le=60, description="frames analysed per second of video (the source's rate when lower)"
+    )
+    video_track_gap_s: float = Field(
+        default=2.0, ge=0,
+        description="a face absent for at most this long that comes back with a matching embedding keeps its track",
+    )
+    video_dir: Path | None = Field(
+        default=None, description="where uploads and annotated videos are kept while a job lives; unset = a temp folder"
+    )
+
     # --- Anti-spoofing (optional model) -------------------------------------
     liveness_threshold: float = Field(
         default=0.5, ge=0, le=1, description="real_score at or above which a face is called live (is_real)"

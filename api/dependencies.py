@@ -18,6 +18,7 @@ from usecases.liveness import LivenessCheck
 from usecases.people import People
 from usecases.status import ServiceStatus
 from usecases.verification import Verification
+from usecases.video_jobs import VideoJobs
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -39,6 +40,7 @@ PeopleDep = Annotated[People, from_state("people")]
 VerificationDep = Annotated[Verification, from_state("verification")]
 LivenessDep = Annotated[LivenessCheck, from_state("liveness")]
 StatusDep = Annotated[ServiceStatus, from_state("status")]
+VideosDep = Annotated[VideoJobs, from_state("videos")]
 
 
 async def read_image(upload: UploadFile, settings: Settings) -> np.ndarray:

@@ -63,7 +63,7 @@ async def identify_embedding(identification: IdentificationDep, search: Embeddin
                                                      search.model_sha256)
     return EmbeddingSearchResponse(
         threshold=found.threshold,
-        results=[NamedEmbedding(identity=match_out(n.identity) if n.identity else None,
-                                matches=[match_out(m) for m in n.matches]) for n in found.named],
+        results=[NamedEmbedding(identity=match_out(best) if best else None, matches=[match_out(m) for m in matches])
+                 for best, matches in found.named],
         model=recognizer_json(found.model),
     )

@@ -8,18 +8,23 @@ a batch answers an image that failed on its own with it (`POST /embeddings`: `{"
 from __future__ import annotations
 
 from errors import (
+    AnnotatedVideoMissing,
     DuplicateIdentity,
     GalleryModelMismatch,
     ImageTooLarge,
     InferenceUnavailable,
     InvalidEmbedding,
     InvalidImage,
+    InvalidVideo,
     LivenessUnavailable,
     ModelMismatch,
     ModelRepositoryError,
     NoFaceDetected,
     NoUsableFace,
     SameIdentity,
+    VideoJobNotFound,
+    VideoJobsBusy,
+    VideoTooLarge,
 )
 from gallery.store import FaceNotFound, IdentityNotFound, LastFace
 
@@ -40,6 +45,11 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ModelRepositoryError: 503,
     # found after start-up (Triton was not reachable then); at start-up it stops the start
     GalleryModelMismatch: 503,
+    InvalidVideo: 400,
+    VideoTooLarge: 413,
+    VideoJobNotFound: 404,
+    AnnotatedVideoMissing: 404,
+    VideoJobsBusy: 503,
 }
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -153,13 +154,37 @@ class AdmissionQueue:
             self._observe(self.clock() - begin)
             self._release()
 
-    async def _wait(self) -> bool:
-        """Wait for a slot: True once admitted (the slot is ours), False after the timeout."""
+    def around(self, app: ASGIApp) -> AdmissionQueue:
+        """This guard in front of `app`: for `add_middleware(guard.around)`, when the guard was made
+        beforehand (with `app=None`) so that work which is not a request can share its slots."""
+        self.app = app
+        return self
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for work that is not an HTTP request (a video job's batch of frames).
+
+        It waits its turn in the same FIFO as the requests, without their timeout (background
+        work has no client waiting on a socket), and gives the slot back when the block ends, so
+        a long video takes its turn with the image routes and never starves them.
+        """
+        if self.active < self.limit and not self.waiting:
+            self.active += 1
+        else:
+            await self._wait(timeout_s=None)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _wait(self, timeout_s: float | None = -1.0) -> bool:
+        """Wait for a slot: True once admitted (the slot is ours), False after the timeout (None: no timeout)."""
         loop = asyncio.get_running_loop()
         turn: asyncio.Future[bool] = loop.create_future()
         self.waiting.append(turn)
         QUEUE_DEPTH.inc()
-        timer = loop.call_later(self.timeout_s, self._expire, turn)
+        wait_s = self.timeout_s if timeout_s == -1.0 else timeout_s
+        timer = loop.call_later(wait_s, self._expire, turn) if wait_s is not None else None
         begin = self.clock()
         try:
             admitted = await turn
@@ -170,7 +195,8 @@ class AdmissionQueue:
                 self._leave(turn)
             raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
         if admitted:
             QUEUE_WAIT_SECONDS.observe(self.clock() - begin)
         return admitted
@@ -252,17 +278,19 @@ class BodySizeLimit:
     closes the connection, so a client streaming gigabytes is cut off, not drained.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = path_limits or {}  # exact paths with their own limit (POST /videos: MAX_VIDEO_BYTES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not _is_http(scope):
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope.get("path", ""), self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse({"detail": self._message()}, status_code=413, headers=CLOSE_CONNECTION)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = JSONResponse({"detail": self._message(limit)}, status_code=413, headers=CLOSE_CONNECTION)
             await response(scope, receive, send)
             return
         received = 0
@@ -272,11 +300,12 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(status_code=413, detail=self._message(), headers=CLOSE_CONNECTION)
+                if received > limit:
+                    raise HTTPException(status_code=413, detail=self._message(limit), headers=CLOSE_CONNECTION)
             return message
 
         await self.app(scope, counting_receive, send)
 
-    def _message(self) -> str:
-        return f"request body larger than {self.max_bytes} bytes"
+    @staticmethod
+    def _message(limit: int) -> str:
+        return f"request body larger than {limit} bytes"

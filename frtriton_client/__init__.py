@@ -65,6 +65,7 @@ from frtriton_client.results import (
     Rejected,
     Verification,
 )
+from frtriton_client.video_results import PersonSeen, VideoJob, VideoJobFailed, VideoResult, VideoTrack
 
 __all__ = [
     "API_KEY_HEADER",
@@ -88,6 +89,7 @@ __all__ = [
     "InvalidRequest",
     "Match",
     "NamedEmbedding",
+    "PersonSeen",
     "NoFaceDetected",
     "NotFound",
     "Pose",
@@ -98,4 +100,8 @@ __all__ = [
     "Timeout",
     "Unauthorized",
     "Verification",
+    "VideoJob",
+    "VideoJobFailed",
+    "VideoResult",
+    "VideoTrack",
 ]

@@ -6,7 +6,8 @@ import base64
 import json
 import mimetypes
 import os
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, cast
@@ -28,6 +29,7 @@ from frtriton_client.results import (
     Verification,
     embedding_or_error,
 )
+from frtriton_client.video_results import VideoJob, VideoJobFailed
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_ENV = "FRTRITON_API_KEY"
@@ -35,6 +37,7 @@ DEFAULT_TIMEOUT_S = 30.0
 # Default page size of GET /identities; the service allows 1..1000.
 DEFAULT_PAGE_SIZE = 100
 DEFAULT_TOP_K = 5
+VIDEO_POLL_S = 0.5  # between two looks at a running video job
 GENERIC_CONTENT_TYPE = "application/octet-stream"
 
 Vectors = Iterable[Iterable[float]]
@@ -309,6 +312,89 @@ class FRTritonClient:
         """Remove a person and all their faces; NotFound for an unknown (or already deleted) id."""
         self._request("DELETE", f"/identities/{identity_id}")
 
+    # ----------------------------------------------------------------- video
+    def submit_video(
+        self,
+        video: ImageInput,
+        sample_fps: float | None = None,
+        identify: bool = True,
+        annotate: bool = False,
+        liveness: bool = False,
+        top_k: int = DEFAULT_TOP_K,
+        threshold: float | None = None,
+    ) -> VideoJob:
+        """Start a video job (a path, bytes or a binary file; a path is streamed from disk); the queued job.
+
+        ServiceUnavailable (with `retry_after`) when every video worker and queue place is taken.
+        """
+        params: dict[str, Any] = {"identify": identify, "annotate": annotate, "liveness": liveness, "top_k": top_k}
+        if sample_fps is not None:
+            params["sample_fps"] = sample_fps
+        if threshold is not None:
+            params["threshold"] = threshold
+        params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
+        if isinstance(video, str | os.PathLike):
+            name = Path(video).name
+            content_type = mimetypes.guess_type(name)[0] or GENERIC_CONTENT_TYPE
+            with open(video, "rb") as file:  # streamed: a long video is never held in memory
+                body = self._request("POST", "/videos", params=params, files={"video": (name, file, content_type)})
+            return VideoJob.from_json(body)
+        name, data, content_type = _image_part(video, "video")
+        body = self._request("POST", "/videos", params=params, files={"video": (name, data, content_type)})
+        return VideoJob.from_json(body)
+
+    def video_job(self, job_id: str, include_faces: bool = False, include_embeddings: bool = False) -> VideoJob:
+        """The job as it is now; NotFound once removed, expired, or after a restart of the service."""
+        params = {"include_faces": str(include_faces).lower(), "include_embeddings": str(include_embeddings).lower()}
+        return VideoJob.from_json(self._request("GET", f"/videos/{job_id}", params=params))
+
+    def cancel_video(self, job_id: str) -> None:
+        """Cancel a queued or running job, or remove a finished one."""
+        self._request("DELETE", f"/videos/{job_id}")
+
+    def annotated_video(self, job_id: str) -> bytes:
+        """The annotated MP4 of a job started with `annotate=True` (NotFound before it is done)."""
+        return self._send("GET", f"/videos/{job_id}/annotated").content
+
+    def identify_video(
+        self,
+        video: ImageInput,
+        wait: bool = True,
+        progress: Callable[[VideoJob], None] | None = None,
+        poll_s: float = VIDEO_POLL_S,
+        include_faces: bool = False,
+        include_embeddings: bool = False,
+        **options: Any,
+    ) -> VideoJob:
+        """Who appears in the video, when, and how sure: submit it and, with `wait`, poll until it ends.
+
+        `progress(job)` is called after every look (`job.progress` is the fraction read). `options`
+        are `submit_video`'s. Raises VideoJobFailed when the job fails; returns the finished job
+        (its `result`), or the queued job when `wait` is False.
+        """
+        job = self.submit_video(video, **options)
+        return self.wait_video(job, progress, poll_s, include_faces, include_embeddings) if wait else job
+
+    def wait_video(
+        self,
+        job: VideoJob,
+        progress: Callable[[VideoJob], None] | None = None,
+        poll_s: float = VIDEO_POLL_S,
+        include_faces: bool = False,
+        include_embeddings: bool = False,
+    ) -> VideoJob:
+        """Poll a submitted job until it ends; the finished job, or VideoJobFailed."""
+        while True:
+            job = self.video_job(job.id, include_faces, include_embeddings)
+            if progress is not None:
+                progress(job)
+            if job.finished:
+                break
+            time.sleep(poll_s)
+        if job.status == "failed":
+            raise VideoJobFailed(job.error_status, job.error or "the video job failed")
+        return job
+
     # ----------------------------------------------------------------- plumbing
     @staticmethod
     def _images(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
@@ -337,6 +423,10 @@ class FRTritonClient:
 
     def _request(self, method: str, url: str, **kwargs: Any) -> Any:
         """Send one request; the decoded JSON answer, or the matching FRTritonError raised."""
+        return self._send(method, url, **kwargs).json()
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Send one request; the answer, or the matching FRTritonError raised."""
         try:
             response = self._http.request(method, url, **kwargs)
         except httpx.TimeoutException as error:
@@ -345,4 +435,4 @@ class FRTritonClient:
             raise ConnectionFailed(None, f"cannot reach {self._http.base_url}: {error}") from error
         if response.is_error:
             raise error_for(response, _key_hint(API_KEY_HEADER in self._http.headers))
-        return response.json()
+        return response

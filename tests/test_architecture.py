@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT
 
-PACKAGES = ("api", "usecases", "vision", "gallery", "imaging", "telemetry", "model_tools", "frtriton_client")
+PACKAGES = ("api", "usecases", "vision", "video", "gallery", "imaging", "telemetry", "model_tools", "frtriton_client")
 MAX_ROOT_MODULES = 9
 
 
@@ -97,6 +97,7 @@ def in_layer(module: str, prefixes: tuple[str, ...]) -> bool:
 # (importer layer, layers it must not import): data flows routes -> use cases -> pipeline -> Triton.
 FORBIDDEN = [
     (("vision",), ("pipeline", "usecases", "api", "app", "triton_service", "gallery")),
+    (("video",), ("pipeline", "usecases", "api", "app", "triton_service", "gallery", "fastapi", "starlette")),
     (("pipeline",), ("usecases", "api", "app", "gallery")),
     (("usecases",), ("api", "app", "fastapi", "starlette")),
     # the gallery stores and searches vectors: it never computes one (re-embedding is usecases.reembed)

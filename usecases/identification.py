@@ -1,6 +1,6 @@
 """Use case: name every face of a photo from the gallery, or call it unknown; or name a client's embeddings.
 
-Both go through one scoring (`name_vectors`: the gallery's search, the threshold), so a face
+Both go through one scoring (`name`: the gallery's search, the threshold), so a face
 and its embedding sent back are named alike. Every face also gets its attributes
 (`vision.attributes`: head pose, size, sharpness, the enrollment checks it fails), measured on
 the crop the recognizer embedded.
@@ -42,22 +42,10 @@ class Identified:
 
 
 @dataclass(frozen=True)
-class Named:
-    """One embedding named from the gallery."""
-
-    identity: Match | None  # the best match when it reaches the threshold, else None (unknown)
-    matches: list[Match]  # the top_k nearest people, best first
-
-
-@dataclass(frozen=True)
 class NamedVectors:
     threshold: float
-    named: list[Named]  # one per vector sent, same order
+    named: list[tuple[Match | None, list[Match]]]  # per vector sent, in order: (who it is or None, top_k nearest)
     model: ModelFingerprint | None  # the served recognizer the vectors were compared as
-
-
-def named(matches: list[Match], threshold: float) -> Named:
-    return Named(matches[0] if matches and matches[0].similarity >= threshold else None, matches)
 
 
 class Identification:
@@ -79,39 +67,50 @@ class Identification:
 
         With `liveness` every face also gets its verdict (LivenessUnavailable when not installed).
         """
-        cut = self.settings.identify_threshold if threshold is None else threshold
+        cut = self.threshold(threshold)
         if self.model is not None:
             await self.model.ensure()  # GalleryModelMismatch (503) rather than matches of another model
         if liveness:
             await self.pipeline.require_liveness()
         [aligned] = await self.pipeline.aligned_faces([image])
         found = aligned.faces
-        candidates = await self.name_vectors(aligned.embeddings, top_k, cut)
+        named = await self.name(aligned.embeddings, top_k, cut)
         attributes = await asyncio.to_thread(face_attributes, found.landmarks, aligned.crops, self.limits)
         verdicts = (await self.liveness.verdicts([image], [found]))[0] if liveness else [None] * len(found)
         identified = []
-        for box, score, name, measured, verdict in zip(
-            found.boxes, found.scores, candidates, attributes, verdicts, strict=True
+        for box, score, (best, matches), measured, verdict in zip(
+            found.boxes, found.scores, named, attributes, verdicts, strict=True
         ):
-            identified.append(IdentifiedFace(box, float(score), name.identity, name.matches, measured, verdict))
+            identified.append(IdentifiedFace(box, float(score), best, matches, measured, verdict))
         return Identified(found, cut, identified)
+
+    def threshold(self, threshold: float | None) -> float:
+        """The cut a face is named at: `threshold`, or IDENTIFY_THRESHOLD."""
+        return self.settings.identify_threshold if threshold is None else threshold
+
+    async def name(
+        self, embeddings: np.ndarray, top_k: int, threshold: float
+    ) -> list[tuple[Match | None, list[Match]]]:
+        """For each of the (N, D) embeddings: (the best match when it reaches `threshold`, else None;
+        the top_k nearest people, best first). One gallery search for all of them."""
+        if not len(embeddings):
+            return []
+        if self.model is not None:
+            await self.model.ensure()  # GalleryModelMismatch (503) rather than matches of another model
+        candidates = await asyncio.to_thread(self.gallery.search, embeddings, top_k)
+        return [(matches[0] if matches and matches[0].similarity >= threshold else None, matches)
+                for matches in candidates]
 
     async def identify_embeddings(
         self, rows: object, top_k: int, threshold: float | None = None, model_sha256: str | None = None
     ) -> NamedVectors:
-        """A client's embeddings (lists of 512 numbers, at most MAX_BATCH_IMAGES) named as `identify` names faces.
+        """A client's embeddings (lists of 512 numbers, at most MAX_BATCH_IMAGES) named as `identify` names faces
+        (`name`: the same search and threshold).
 
         Raises InvalidEmbedding (422) or ImageTooLarge (413) for unusable vectors, ModelMismatch (409)
         when `model_sha256` is not the served recognizer's, before anything is searched.
         """
         vectors = client_vectors(rows, self.settings.max_batch_images)
-        cut = self.settings.identify_threshold if threshold is None else threshold
+        cut = self.threshold(threshold)
         served = await self.model.require(model_sha256) if self.model is not None else None
-        return NamedVectors(cut, await self.name_vectors(vectors, top_k, cut), served)
-
-    async def name_vectors(self, vectors: np.ndarray, top_k: int, threshold: float) -> list[Named]:
-        """(N, 512) embeddings -> each one's top_k people and who it is at `threshold` (None: unknown)."""
-        if not len(vectors):
-            return []
-        candidates = await asyncio.to_thread(self.gallery.search, vectors, top_k)
-        return [named(matches, threshold) for matches in candidates]
+        return NamedVectors(cut, await self.name(vectors, top_k, cut), served)

@@ -296,3 +296,52 @@ def test_probes_docs_and_the_page_bypass_a_saturated_queue(path: str) -> None:
         await holder.task
 
     asyncio.run(scenario())
+
+
+def test_background_work_takes_its_turn_in_the_same_fifo_and_waits_past_the_timeout() -> None:
+    """A video job's batch (`slot()`) queues behind waiting requests, is not refused after the
+    requests' timeout, and a request arriving after it waits behind it."""
+
+    async def scenario() -> None:
+        fake = FakeApp()
+        guard = queue(fake, limit=1, queue_length=4, timeout_s=0.05)
+        holder, waiter = Call(guard, "A"), Call(guard, "B")
+        await settle()
+        order: list[str] = []
+
+        async def batch() -> None:
+            async with guard.slot():
+                order.append("batch")
+
+        background = asyncio.create_task(batch())
+        await asyncio.sleep(0.1)  # past the requests' timeout: B is refused, the batch still waits
+        assert waiter.status == 503 and not background.done() and len(guard.waiting) == 1
+        fake.gate("A").set()
+        await background
+        assert order == ["batch"] and guard.active == 0 and not guard.waiting
+        await holder.task
+
+    asyncio.run(scenario())
+
+
+def test_background_work_cancelled_while_waiting_leaves_no_trace() -> None:
+    async def scenario() -> None:
+        fake = FakeApp()
+        guard = queue(fake, limit=1, queue_length=4)
+        holder = Call(guard, "A")
+        await settle()
+
+        async def batch() -> None:
+            async with guard.slot():
+                raise AssertionError("never admitted")
+
+        background = asyncio.create_task(batch())
+        await settle()
+        background.cancel()
+        await asyncio.gather(background, return_exceptions=True)
+        assert not guard.waiting and guard.active == 1
+        fake.gate("A").set()
+        await holder.task
+        assert guard.active == 0
+
+    asyncio.run(scenario())
