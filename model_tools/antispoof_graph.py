@@ -9,8 +9,8 @@ the softmax move into the graph, as `model_tools.graphs.fold_input` does for the
   Cast uint8 -> float32 is exact and the models want 0-255 unnormalised, so nothing is lost.
 - output `probabilities`: softmax over the 3 classes (class 1 = real), so the API only averages.
 - PRelu becomes Max(x, x * slope) (`model_tools.graphs.max_for_prelu`: bit-exact for slopes <= 1, and
-  ONNX Runtime's CPU PRelu is slow), then two 1x1 depthwise convolutions, a Relu and an Add
-  (`model_tools.graphs.nchwc_prelu`: the same function, kept in ONNX Runtime's NCHWc layout).
+  ONNX Runtime's CPU PRelu is slow; the Python-backend stub then loads it in the NCHWc form of
+  `model_tools.nchwc`).
 
 Two layouts (see `benchmarks/antispoof_models.py` for their cost):
 
@@ -96,9 +96,9 @@ def _inline_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _fast_prelu(model: onnx.ModelProto) -> onnx.ModelProto:
-    from model_tools.graphs import max_for_prelu, nchwc_prelu
+    from model_tools.graphs import max_for_prelu
 
-    return nchwc_prelu(max_for_prelu(_inline_constant_identities(model)))
+    return max_for_prelu(_inline_constant_identities(model))
 
 
 def _finish(graph: onnx.GraphProto, opset_source: onnx.ModelProto) -> onnx.ModelProto:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -58,6 +59,24 @@ class _RunCounters:
         self._families = None
 
 
+def _load_graph(model_path: str, prelu_form: str) -> str | bytes:
+    """The graph ONNX Runtime gets: PRelu's Max form rewritten in memory into the form ONNX Runtime keeps
+    in its NCHWc layout (`fr_nchwc.py`, copied next to this file: -23 % CPU for w600k_mbf, -14 % for
+    the MiniFASNets), unless the config says `prelu_form: max`. model.onnx itself is never changed
+    (its sha256 is the gallery's model fingerprint)."""
+    if prelu_form != "nchwc":
+        return model_path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import onnx
+        from fr_nchwc import nchwc_prelu
+    except ImportError:  # an older repository without fr_nchwc.py: the graph as installed
+        return model_path
+    finally:
+        sys.path.pop(0)
+    return nchwc_prelu(onnx.load(model_path)).SerializeToString()
+
+
 def _parameter(config: dict[str, Any], key: str, default: str) -> str:
     value = config.get("parameters", {}).get(key, {}).get("string_value")
     return default if value in (None, "") else value
@@ -76,7 +95,9 @@ class TritonPythonModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
-            model_path, sess_options=options, providers=["CPUExecutionProvider"]
+            _load_graph(model_path, _parameter(config, "prelu_form", "nchwc")),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
         )
         self.input_names = [item["name"] for item in config["input"]]
         self.output_names = [item["name"] for item in config["output"]]

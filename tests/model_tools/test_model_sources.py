@@ -134,43 +134,11 @@ def test_prelu_becomes_max_only_where_it_is_exact(slope: list[float], rewritten:
     np.testing.assert_array_equal(run(changed, batch)[0], expected)
 
 
-@pytest.mark.parametrize(
-    ("slope", "rewritten"),
-    [
-        ([0.25, 0.9], True),
-        ([-0.83, 0.0], True),
-        ([1.0, 1.0], True),
-        ([0.5, 1.5], False),  # kept as PRelu by max_for_prelu, so nothing to rewrite
-    ],
-)
-def test_max_form_becomes_depthwise_convolutions_with_the_same_values(slope: list[float], rewritten: bool) -> None:
-    batch = np.random.default_rng(3).normal(0, 2, (3, len(slope), 2, 2)).astype(np.float32)
-    expected = run(prelu_model(slope), batch)[0]
-    changed = model_graphs.nchwc_prelu(model_graphs.max_for_prelu(prelu_model(slope)))
-    ops = {n.op_type for n in changed.graph.node}
-    assert ("Max" not in ops and "Conv" in ops) == rewritten
-    assert {i.name for i in changed.graph.initializer} >= ({"s"} if not rewritten else set())
-    onnx.checker.check_model(changed)
-    np.testing.assert_allclose(run(changed, batch)[0], expected, rtol=1e-6, atol=1e-6)
-
-
-def test_a_scalar_slope_keeps_its_max_form() -> None:
-    model = prelu_model([0.25, 0.25])
-    model.graph.initializer[0].CopyFrom(helper.make_tensor("s", TensorProto.FLOAT, [1], [0.25]))
-    changed = model_graphs.nchwc_prelu(model_graphs.max_for_prelu(model))
-    assert [n.op_type for n in changed.graph.node] == ["Mul", "Max"]
-
-
 def test_installed_recognizer_has_no_prelu_and_the_same_embeddings() -> None:
     prepared = model_graphs.prepare(onnx.load(str(MBF)), "recognizer")
-    ops = {n.op_type for n in prepared.graph.node}
-    assert "PRelu" not in ops and "Max" not in ops  # every slope is per channel: all in the NCHWc form
+    assert "PRelu" not in {n.op_type for n in prepared.graph.node}
     batch = np.random.default_rng(4).uniform(-1, 1, (2, 3, 112, 112)).astype(np.float32)
-    served, original = run(prepared, batch)[0], run(onnx.load(str(MBF)), batch)[0]
-    # Equal to float rounding (the NCHWc form is not bit for bit): cosine 1 to 1e-6.
-    np.testing.assert_allclose(served, original, rtol=1e-4, atol=1e-4)
-    cosine = (served * original).sum(1) / np.linalg.norm(served, axis=1) / np.linalg.norm(original, axis=1)
-    assert cosine.min() >= 1 - 1e-6
+    np.testing.assert_array_equal(run(prepared, batch)[0], run(onnx.load(str(MBF)), batch)[0])
 
 
 # --------------------------------------------------------------------------- release packs
