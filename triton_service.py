@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
@@ -262,11 +263,10 @@ class TritonClient:
         if self._pool is not None:
             for region in self._pool.regions:
                 if region.registered and self._client is not None:
-                    try:  # best effort: a Triton that is gone has forgotten them anyway
+                    # best effort: a Triton that is gone has forgotten them anyway
+                    with contextlib.suppress(Exception):
                         await asyncio.wait_for(self._client.unregister_system_shared_memory(
                             region.name, headers=self._HEADERS), self.timeout_s)
-                    except Exception:  # noqa: BLE001
-                        pass
             self._pool.close()
         if self._client is not None:
             await self._client.close()

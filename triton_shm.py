@@ -16,6 +16,7 @@ the regions with Triton and falls back to HTTP for a remote one):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -98,9 +99,7 @@ class RegionPool:
         """Unlink every region (Triton must have unregistered them, or be gone)."""
         for region in self._all:
             region.memory.close()
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 region.memory.unlink()
-            except FileNotFoundError:
-                pass
         self._all.clear()
         self._free.clear()

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     for index in range(args.rounds):
         reference = reference_round(run, photos, args.seconds / 2)
         references.append(reference)
-        print(f"round {index + 1}: reference {reference['images_per_s']:.1f} images/s, p50 {reference['p50_ms']:.1f} ms, "
+        print(f"round {index + 1}: reference {reference['images_per_s']:.1f} images/s, "
+              f"p50 {reference['p50_ms']:.1f} ms, "
               f"{reference['cpu_ms_per_image']:.1f} CPU ms/image", flush=True)
         order = list(services) if index % 2 == 0 else list(reversed(services))
         for concurrency in args.concurrency:
