@@ -34,7 +34,7 @@ from pipeline import FacePipeline
 from settings import Settings
 from telemetry.logs import configure_logging
 from telemetry.metrics import HttpMetrics
-from triton_service import TritonClient, http_address
+from triton_service import TritonClient, http_address, shared_memory_mode
 from usecases.enrollment import Enrollment
 from usecases.faces import FaceUseCases
 from usecases.gallery_model import GalleryModel
@@ -64,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # First: a key file that cannot be written stops the start with its reason, before anything opens.
         app.state.api_keys = await asyncio.to_thread(KeyGuard.from_settings, settings)
-        client = TritonClient(triton_address(settings), settings.triton_timeout_s)
+        client = TritonClient(
+            triton_address(settings), settings.triton_timeout_s, shared_memory=shared_memory_mode(settings)
+        )
         await client.open()
         store = await asyncio.to_thread(
             open_gallery, settings.gallery_db, settings.gallery_url, settings.gallery_scoring, index_config(settings)

@@ -269,11 +269,17 @@ class FacePipeline:
         size = tuple(int(d) for d in binding.input_shape[1:3])  # (M, H, W, 3) without the batch
 
         def crops() -> np.ndarray:
+            # Cut from the RGB image and flip the 80x80 crops, not the photo: the same pixels (resizing
+            # treats each channel alone), without copying every window of a negative-stride BGR view
+            # (the largest cost of the liveness path in the API, README Performance).
             per_image = [
-                liveness_crops(image[..., ::-1] if bgr else image, found.boxes, scales, size).transpose(1, 0, 2, 3, 4)
+                liveness_crops(image, found.boxes, scales, size).transpose(1, 0, 2, 3, 4)
                 for image, found in zip(images, faces, strict=True)
             ]
-            return np.ascontiguousarray(np.concatenate(per_image)) if per_image else np.zeros((0,), np.uint8)
+            if not per_image:
+                return np.zeros((0,), np.uint8)
+            batch = np.concatenate(per_image)  # (N, M, H, W, 3), a fresh array
+            return np.ascontiguousarray(batch[..., ::-1]) if bgr else batch
 
         batch = await asyncio.to_thread(crops)
         scores = np.zeros((0,), np.float32)

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     triton_timeout_s: float = Field(
         default=30.0, gt=0, description="upper bound for one call to Triton, seconds"
     )
+    triton_shared_memory: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="tensors to Triton through system shared memory: auto = when Triton is on this host "
+        "(TRITON_URL unset or 127.0.0.1/localhost), falling back to HTTP if it cannot map the regions",
+    )
     # How Triton serves the models (written into config.pbtxt at start-up). Measured on two
     # cores shared with the API (README, Performance): one instance per model; two threads for
     # the detector (a single 640 request 19.6 -> 12.9 ms) and one for the recognizer (a second

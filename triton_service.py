@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import subprocess
@@ -31,6 +33,10 @@ from errors import InferenceUnavailable, ModelRepositoryError
 from model_tools.triton_config import ANTISPOOF, DETECTOR, RECOGNIZER, write_model_configs  # noqa: F401 (names re-exported to the pipeline)
 from settings import PROJECT_ROOT, Settings
 from telemetry.metrics import TRITON_SECONDS
+from triton_shm import Region, RegionPool, aligned
+
+log = logging.getLogger("frtriton")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 __all__ = ["DETECTOR", "RECOGNIZER", "TritonClient", "prepare_server", "wait_until_ready"]
 
@@ -204,6 +210,14 @@ def http_address(url: str | None, port: int) -> str:
     return (url or f"127.0.0.1:{port}").removeprefix("http://").rstrip("/")
 
 
+def shared_memory_mode(settings: Settings) -> str:
+    """"on", "auto" (try it, fall back to HTTP) or "off": TRITON_SHARED_MEMORY, and never auto for a
+    Triton on another host (its /dev/shm is not ours: a remote TRITON_URL keeps the network path)."""
+    if settings.triton_shared_memory != "auto":
+        return settings.triton_shared_memory
+    host = http_address(settings.triton_url, settings.triton_http_port).rsplit(":", 1)[0]
+    return "auto" if host in LOCAL_HOSTS else "off"
+
 
 @dataclass(frozen=True)
 class ModelBinding:
@@ -219,16 +233,26 @@ class ModelBinding:
 
 
 class TritonClient:
-    """Asyncio client for the two served models. Every failure becomes `InferenceUnavailable`."""
+    """Asyncio client for the two served models. Every failure becomes `InferenceUnavailable`.
+
+    `shared_memory` "on"/"auto": tensors travel through system shared memory (`triton_shm`) once
+    the output layout of a (model, input shape) is known from a first HTTP call; "auto" turns to
+    HTTP for good when Triton cannot map the regions (another host or container). A Triton that
+    restarted has forgotten the regions: the call that finds out re-registers them, over HTTP once.
+    """
 
     # aiohttp asks for gzip by default and Triton then compresses every response.
     _HEADERS = {"Accept-Encoding": "identity"}
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, shared_memory: str = "off") -> None:
         self.url = url
         self.timeout_s = timeout_s
         self._client = None
         self._bindings: dict[str, ModelBinding] = {}
+        self.shared_memory = shared_memory
+        self._pool = RegionPool() if shared_memory in ("on", "auto") else None
+        # (model, input shape, dtype) -> ((output name, numpy dtype, shape), ...), learnt over HTTP
+        self._layouts: dict[tuple, tuple[tuple[str, np.dtype, tuple[int, ...]], ...]] = {}
 
     async def open(self) -> None:
         import tritonclient.http.aio as aioclient
@@ -236,9 +260,78 @@ class TritonClient:
         self._client = aioclient.InferenceServerClient(self.url, conn_timeout=self.timeout_s)
 
     async def close(self) -> None:
+        if self._pool is not None:
+            for region in self._pool.regions:
+                if region.registered and self._client is not None:
+                    # best effort: a Triton that is gone has forgotten them anyway
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self._client.unregister_system_shared_memory(
+                            region.name, headers=self._HEADERS), self.timeout_s)
+            self._pool.close()
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+    @property
+    def shared_memory_regions(self) -> tuple[Region, ...]:
+        return self._pool.regions if self._pool is not None else ()
+
+    async def _register(self, region: Region) -> bool:
+        """Register `region` with Triton if it is not; False (and HTTP from now on) when "auto" cannot."""
+        if region.registered:
+            return True
+        try:
+            await self._call("shared memory registration", self._client.register_system_shared_memory(
+                region.name, region.key, region.size, headers=self._HEADERS))
+        except InferenceUnavailable as error:
+            if "already" in error.message.lower():  # registered before a lost answer: ours, same key
+                region.registered = True
+                return True
+            if self.shared_memory == "on":
+                raise
+            log.warning("Triton cannot map this process's shared memory (%s): tensors go over HTTP", error.message)
+            pool, self._pool = self._pool, None
+            pool.close()
+            return False
+        region.registered = True
+        return True
+
+    async def _infer_shared(self, model: str, binding: ModelBinding, part: np.ndarray, layout) -> dict | None:
+        """One chunk through shared memory; None to send it over HTTP instead."""
+        import tritonclient.http.aio as aioclient
+
+        offsets, end = [], aligned(part.nbytes)
+        for _, dtype, shape in layout:
+            offsets.append(end)
+            end += aligned(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        region = self._pool.acquire(end)
+        try:
+            if not await self._register(region):
+                return None
+            region.write(0, part)
+            tensor = aioclient.InferInput(binding.input_name, list(part.shape), _triton_dtype(part.dtype))
+            tensor.set_shared_memory(region.name, part.nbytes)
+            outputs = []
+            for (name, dtype, shape), offset in zip(layout, offsets, strict=True):
+                output = aioclient.InferRequestedOutput(name, binary_data=True)
+                output.set_shared_memory(region.name, int(np.prod(shape)) * np.dtype(dtype).itemsize, offset=offset)
+                outputs.append(output)
+            try:
+                await self._call(f"inference on {model}", self._client.infer(
+                    model, [tensor], outputs=outputs, headers=dict(self._HEADERS)))
+            except InferenceUnavailable as error:
+                if "shared memory" not in error.message.lower():
+                    raise
+                # Triton restarted (it forgot every region) or the layout changed: relearn over HTTP.
+                log.info("Triton lost the shared-memory regions (%s): registering them again", error.message)
+                self._pool.forget_registrations()
+                self._layouts.pop((model, part.shape, part.dtype.str), None)
+                return None
+            return {name: region.read(offset, dtype, shape)
+                    for (name, dtype, shape), offset in zip(layout, offsets, strict=True)}
+        finally:
+            if self._pool is not None:
+                self._pool.release(region)
 
     async def _call(self, what: str, coroutine):
         if self._client is None:
@@ -289,28 +382,37 @@ class TritonClient:
 
     async def infer(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run `batch` (N, ...) through `model`, split into Triton-sized chunks; outputs by name."""
-        import tritonclient.http.aio as aioclient
-
         binding = await self.binding(model)
         chunks: list[dict[str, np.ndarray]] = []
         for start in range(0, batch.shape[0], binding.max_batch_size):
             part = np.ascontiguousarray(batch[start : start + binding.max_batch_size])
-            tensor = aioclient.InferInput(binding.input_name, list(part.shape), _triton_dtype(part.dtype))
-            tensor.set_data_from_numpy(part, binary_data=True)
-            outputs = [aioclient.InferRequestedOutput(n, binary_data=True) for n in binding.output_names]
+            key = (model, part.shape, part.dtype.str)
             begin, outcome = time.perf_counter(), "error"
             try:
-                result = await self._call(
-                    f"inference on {model}",
-                    self._client.infer(model, [tensor], outputs=outputs, headers=dict(self._HEADERS)),
-                )
+                layout = self._layouts.get(key) if self._pool is not None else None
+                found = await self._infer_shared(model, binding, part, layout) if layout else None
+                if found is None:
+                    found = await self._infer_http(model, binding, part)
+                    if self._pool is not None:
+                        self._layouts[key] = tuple((n, v.dtype, v.shape) for n, v in found.items())
                 outcome = "ok"
             finally:
                 TRITON_SECONDS.labels(model, outcome).observe(time.perf_counter() - begin)
-            chunks.append({n: result.as_numpy(n) for n in binding.output_names})
+            chunks.append(found)
         if len(chunks) == 1:
             return chunks[0]
         return {n: np.concatenate([c[n] for c in chunks], axis=0) for n in binding.output_names}
+
+    async def _infer_http(self, model: str, binding: ModelBinding, part: np.ndarray) -> dict[str, np.ndarray]:
+        import tritonclient.http.aio as aioclient
+
+        tensor = aioclient.InferInput(binding.input_name, list(part.shape), _triton_dtype(part.dtype))
+        tensor.set_data_from_numpy(part, binary_data=True)
+        outputs = [aioclient.InferRequestedOutput(n, binary_data=True) for n in binding.output_names]
+        result = await self._call(
+            f"inference on {model}", self._client.infer(model, [tensor], outputs=outputs, headers=dict(self._HEADERS))
+        )
+        return {n: result.as_numpy(n) for n in binding.output_names}
 
     async def config(self, model: str) -> dict:
         """Triton's configuration of `model` (name, backend, tensors, batching, parameters)."""

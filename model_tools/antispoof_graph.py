@@ -9,7 +9,8 @@ the softmax move into the graph, as `model_tools.graphs.fold_input` does for the
   Cast uint8 -> float32 is exact and the models want 0-255 unnormalised, so nothing is lost.
 - output `probabilities`: softmax over the 3 classes (class 1 = real), so the API only averages.
 - PRelu becomes Max(x, x * slope) (`model_tools.graphs.max_for_prelu`: bit-exact for slopes <= 1, and
-  ONNX Runtime's CPU PRelu is slow).
+  ONNX Runtime's CPU PRelu is slow; the Python-backend stub then loads it in the NCHWc form of
+  `model_tools.nchwc`).
 
 Two layouts (see `benchmarks/antispoof_models.py` for their cost):
 

@@ -27,6 +27,8 @@ ANTISPOOF = "antispoof"  # optional: both MiniFASNets in one graph (model_tools/
 MODEL_FILENAME = "model.onnx"
 MODEL_INFO = "model_info.json"
 PYTHON_BACKEND_SOURCE = PROJECT_ROOT / "model_tools" / "onnx_python_backend.py"
+# The stub's graph rewrite, copied next to it (it imports nothing from the project).
+PYTHON_BACKEND_HELPERS = {"fr_nchwc.py": PROJECT_ROOT / "model_tools" / "nchwc.py"}
 
 ONNX_TO_TRITON_DTYPE = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
@@ -216,9 +218,14 @@ def write_model_configs(repo: Path, *, native_onnxruntime: bool, settings: Setti
         )
         atomic_write(model_file.parent.parent / "config.pbtxt", text)
         python_model = model_file.parent / "model.py"
+        helpers = {model_file.parent / name: source for name, source in PYTHON_BACKEND_HELPERS.items()}
         if native_onnxruntime:
             python_model.unlink(missing_ok=True)
+            for target in helpers:
+                target.unlink(missing_ok=True)
         else:
             atomic_write(python_model, PYTHON_BACKEND_SOURCE.read_bytes())
+            for target, source in helpers.items():
+                atomic_write(target, source.read_bytes())
         written.append(model_file.parent.parent / "config.pbtxt")
     return written

@@ -85,3 +85,16 @@ def test_not_installed_is_a_clear_error_and_installed_is_remembered() -> None:
     for _ in range(3):
         asyncio.run(pipeline.liveness([RED], [faces(1)]))
     assert backend.readiness_checks == 1
+
+
+def test_the_crops_sent_are_the_authors_crops_of_the_bgr_photo_pixel_for_pixel() -> None:
+    # Cut from RGB and flipped afterwards must equal cutting the BGR photo, as the authors do.
+    from vision.antispoof import liveness_crops
+
+    photo = np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    found = Detections(np.array([[10, 12, 90, 110], [150, 40, 260, 200], [0, 0, 319, 239]], np.float32),
+                       np.full(3, 0.9, np.float32), np.zeros((3, 5, 2), np.float32))
+    backend = AntispoofBackend()
+    run(backend, [photo], [found])
+    expected = liveness_crops(np.ascontiguousarray(photo[..., ::-1]), found.boxes, (2.7, 4.0)).transpose(1, 0, 2, 3, 4)
+    np.testing.assert_array_equal(backend.batches[0], expected)

@@ -83,8 +83,10 @@ def test_write_model_configs_switches_the_python_model_file(installed: Path, tmp
     (repo / RECOGNIZER / "1" / "model.onnx").write_bytes((installed / RECOGNIZER / "1" / "model.onnx").read_bytes())
     write_model_configs(repo, native_onnxruntime=False, settings=Settings())
     assert (repo / RECOGNIZER / "1" / "model.py").is_file()
+    assert (repo / RECOGNIZER / "1" / "fr_nchwc.py").is_file()  # the stub's in-memory graph rewrite
     write_model_configs(repo, native_onnxruntime=True, settings=Settings())
     assert not (repo / RECOGNIZER / "1" / "model.py").exists()
+    assert not (repo / RECOGNIZER / "1" / "fr_nchwc.py").exists()
     assert 'platform: "onnxruntime_onnx"' in (repo / RECOGNIZER / "config.pbtxt").read_text()
 
 
