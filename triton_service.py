@@ -284,14 +284,19 @@ class TritonClient:
             await self._call("shared memory registration", self._client.register_system_shared_memory(
                 region.name, region.key, region.size, headers=self._HEADERS))
         except InferenceUnavailable as error:
+            from tritonclient.utils import InferenceServerException
+
             if "already" in error.message.lower():  # registered before a lost answer: ours, same key
                 region.registered = True
                 return True
-            if self.shared_memory == "on":
+            # Only Triton's own refusal means it cannot map our memory; an unreachable or silent
+            # Triton is the usual 503 (and shared memory is tried again once it is back).
+            if self.shared_memory == "on" or not isinstance(error.__cause__, InferenceServerException):
                 raise
             log.warning("Triton cannot map this process's shared memory (%s): tensors go over HTTP", error.message)
             pool, self._pool = self._pool, None
-            pool.close()
+            if pool is not None:  # a concurrent request may have given up on it first
+                pool.close()
             return False
         region.registered = True
         return True
@@ -304,6 +309,8 @@ class TritonClient:
         for _, dtype, shape in layout:
             offsets.append(end)
             end += aligned(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        if self._pool is None:  # given up on by a concurrent request: HTTP from now on
+            return None
         region = self._pool.acquire(end)
         try:
             if not await self._register(region):
