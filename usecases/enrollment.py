@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from errors import DuplicateIdentity, FaceServiceError, ImageTooLarge, InvalidImage, NoUsableFace
-from gallery.store import Gallery, Identity, Match, Sample
+from gallery.store import Identity, Match, Sample
 from imaging.crops import encode_crop
 from imaging.decode import Upload, read_upload
-from pipeline import FacePipeline
 from settings import Settings
-from usecases.gallery_model import GalleryModel
-from usecases.liveness import LivenessCheck
+from usecases.gallery_use_case import GalleryUseCase
 from usecases.vectors import client_vectors
 from vision.alignment import align_faces
 from vision.detections import Detections, has_clear_subject, primary_face
@@ -111,18 +109,8 @@ class Usable:
     assessment: Assessment
 
 
-class Enrollment:
+class Enrollment(GalleryUseCase):
     """Enroll people and add photos to them, refusing unusable photos with reasons."""
-
-    def __init__(
-        self, pipeline: FacePipeline, gallery: Gallery, liveness: LivenessCheck, settings: Settings,
-        model: GalleryModel | None = None,
-    ) -> None:
-        self.pipeline = pipeline
-        self.gallery = gallery
-        self.liveness = liveness
-        self.settings = settings
-        self.model = model  # checks the served recognizer is the gallery's before anything is stored
 
     async def enroll(
         self, name: str, metadata: dict, uploads: Sequence[Upload], reject_duplicates: bool = False,

@@ -13,15 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gallery.store import Gallery, Match, ModelFingerprint
-from pipeline import FacePipeline
-from settings import Settings
-from usecases.gallery_model import GalleryModel
-from usecases.liveness import LivenessCheck, Verdict
+from gallery.store import Match, ModelFingerprint
+from usecases.gallery_use_case import GalleryUseCase
+from usecases.liveness import Verdict
 from usecases.vectors import client_vectors
 from vision.attributes import FaceAttributes, face_attributes
 from vision.detections import Detections
-from vision.quality import QualityLimits
 
 
 @dataclass(frozen=True)
@@ -48,18 +45,7 @@ class NamedVectors:
     model: ModelFingerprint | None  # the served recognizer the vectors were compared as
 
 
-class Identification:
-    def __init__(
-        self, pipeline: FacePipeline, gallery: Gallery, liveness: LivenessCheck, settings: Settings,
-        model: GalleryModel | None = None,
-    ) -> None:
-        self.pipeline = pipeline
-        self.gallery = gallery
-        self.liveness = liveness
-        self.settings = settings
-        self.limits = QualityLimits.from_settings(settings)
-        self.model = model  # the served recognizer must be the one that made the gallery
-
+class Identification(GalleryUseCase):
     async def identify(
         self, image: np.ndarray, top_k: int, threshold: float | None = None, liveness: bool = False
     ) -> Identified:
@@ -68,10 +54,7 @@ class Identification:
         With `liveness` every face also gets its verdict (LivenessUnavailable when not installed).
         """
         cut = self.threshold(threshold)
-        if self.model is not None:
-            await self.model.ensure()  # GalleryModelMismatch (503) rather than matches of another model
-        if liveness:
-            await self.pipeline.require_liveness()
+        await self.check_ready(liveness)
         [aligned] = await self.pipeline.aligned_faces([image])
         found = aligned.faces
         named = await self.name(aligned.embeddings, top_k, cut)

@@ -14,14 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gallery.store import Gallery, Match
-from pipeline import FacePipeline
-from settings import Settings
-from usecases.gallery_model import GalleryModel
-from usecases.liveness import LivenessCheck, Verdict
+from gallery.store import Match
+from usecases.gallery_use_case import GalleryUseCase
+from usecases.liveness import Verdict
 from vision.attributes import FaceAttributes, face_attributes
 from vision.detections import Detections
-from vision.quality import QualityLimits
 
 
 @dataclass(frozen=True)
@@ -34,28 +31,14 @@ class Verified:
     liveness: Verdict | None = None  # only when asked for
 
 
-class Verification:
-    def __init__(
-        self, pipeline: FacePipeline, gallery: Gallery, liveness: LivenessCheck, settings: Settings,
-        model: GalleryModel | None = None,
-    ) -> None:
-        self.pipeline = pipeline
-        self.gallery = gallery
-        self.liveness = liveness
-        self.settings = settings
-        self.limits = QualityLimits.from_settings(settings)
-        self.model = model  # the served recognizer must be the one that made the gallery
-
+class Verification(GalleryUseCase):
     async def verify(
         self, identity_id: str, image: np.ndarray, threshold: float | None = None, liveness: bool = False
     ) -> Verified:
         """IdentityNotFound (before any inference), NoFaceDetected, LivenessUnavailable with `liveness`."""
         await asyncio.to_thread(self.gallery.get, identity_id)
         cut = self.settings.identify_threshold if threshold is None else threshold
-        if self.model is not None:
-            await self.model.ensure()  # GalleryModelMismatch (503) rather than a score against another model
-        if liveness:
-            await self.pipeline.require_liveness()
+        await self.check_ready(liveness)
         [aligned] = await self.pipeline.primary_embeddings([image])
         [match] = await asyncio.to_thread(self.gallery.score_identity, identity_id, aligned.embeddings)
         [attributes] = await asyncio.to_thread(face_attributes, aligned.faces.landmarks, aligned.crops, self.limits)
