@@ -19,8 +19,10 @@ Triton's queueing and the stub's copies. A benchmark helper, not a test.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -115,6 +117,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def is_local_host(host: str | None) -> bool:
+    """Whether `host` is one of this machine's own addresses (loopback or an interface's): a
+    socket binds only to a local address, so the split of `make api TRITON_URL=<this host's IP>`
+    still counts tritonserver's processes."""
+    if not host:
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind((address[0], 0))
+            except OSError:
+                continue
+            return True
+    return False
+
+
 def _metric_values(text: str, name: str) -> dict[str, float]:
     """{model label: value} of one Prometheus metric in Triton's text exposition."""
     values: dict[str, float] = {}
@@ -140,8 +162,8 @@ class CpuSplit:
         self.triton_url = triton_url.rstrip("/") if triton_url else None
         self.metrics_url = metrics_url.rstrip("/") if metrics_url else None
         triton_port = int(triton_url.rsplit(":", 1)[1].split("/")[0]) if triton_url else None
-        local = triton_url is None or any(h in triton_url for h in ("127.0.0.1", "localhost", "0.0.0.0"))
-        self.processes = service_processes(api_port, triton_port if local else None)
+        self.triton_local = triton_url is None or is_local_host(urlsplit(f"//{triton_url.split('://')[-1]}").hostname)
+        self.processes = service_processes(api_port, triton_port if self.triton_local else None)
 
     def snapshot(self) -> Snapshot:
         cpu = {kind: sum(cpu_seconds(p) for p in pids) for kind, pids in self.processes.items()}
@@ -203,7 +225,9 @@ class CpuSplit:
             "onnxruntime_per_image": onnxruntime,
             "triton_per_image": triton,
             "onnxruntime_cpu_ms_per_image": compute,
-            "overhead_cpu_ms_per_image": total - compute if onnxruntime else None,
+            # all CPU minus ONNX Runtime's only when Triton's processes are in `cpu` (a Triton on
+            # another machine: the API's CPU is all this side sees, no overhead to compute)
+            "overhead_cpu_ms_per_image": total - compute if onnxruntime and "tritonserver" in cpu else None,
         }
 
 
@@ -217,7 +241,8 @@ def format_split(split: dict) -> str:
     overhead = split["overhead_cpu_ms_per_image"]
     line = f"CPU ms/image: {', '.join(parts)}; total {split['total_cpu_ms_per_image']:.1f}"
     if ort:
-        line += f"\n      ONNX Runtime ms/image: {ort}; overhead {overhead:.1f}"
+        shown = f"{overhead:.1f}" if overhead is not None else "n/a (Triton's processes not on this machine)"
+        line += f"\n      ONNX Runtime ms/image: {ort}; overhead {shown}"
     if triton:
         line += f"\n      Triton compute_infer ms/image: {triton}"
     return line
