@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from common import descendants
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LISTEN = "0A"  # TCP state in /proc/net/tcp
@@ -61,26 +62,6 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    return children
-
-
-def _tree(pid: int, children: dict[int, list[int]]) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo += children.get(current, [])
-    return found
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -90,15 +71,14 @@ def _cmdline(pid: int) -> str:
 
 def service_processes(api_port: int, triton_port: int | None) -> dict[str, list[int]]:
     """{"api": pids, "tritonserver": [pid], "stub <model>": [pid], ...} of the service on these ports."""
-    children = _children()
     found: dict[str, list[int]] = {}
     api = listening_pid(api_port)
     if api is not None:
-        found["api"] = _tree(api, children)
+        found["api"] = sorted(descendants(api))
     triton = listening_pid(triton_port) if triton_port else None
     if triton is not None:
         found["tritonserver"] = [triton]
-        for pid in _tree(triton, children)[1:]:
+        for pid in sorted(descendants(triton) - {triton}):
             command = _cmdline(pid)
             if STUB_MARKER in command:
                 # ".../<model>/<version>/model.py region ...": the model is the folder two above model.py

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 from common import peak_memory_mb, photo_mix
+from cpu_split import listening_pid
 
 
 class Outcome(NamedTuple):
@@ -209,27 +210,6 @@ async def poll_ready(url: str, deadline: float, polls: list[tuple[int, float]]) 
                 status = 0
             polls.append((status, time.perf_counter() - begin))
             await asyncio.sleep(0.5)
-
-
-def listening_pid(port: int) -> int | None:
-    """The process listening on TCP `port` on this machine (via /proc), if it can be seen."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(f"socket:[{fields[9]}]")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd")):
-                return int(pid)
-        except OSError:
-            continue
-    return None
 
 
 def rss_mb(pid: int) -> float:
