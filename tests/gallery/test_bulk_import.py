@@ -390,9 +390,25 @@ class GatedProxy:
         self.server.server_close()
 
 
+@pytest.fixture
+def ctrl_c_reaches_children() -> Iterator[None]:
+    """Children started meanwhile take Ctrl-C as in a terminal, however this run was started.
+
+    A non-interactive shell starts `cmd &` with SIGINT ignored, the ignoring is inherited through
+    every exec, and Python then installs no KeyboardInterrupt handler: `make test &` (or CI run in
+    the background) would send the tool a Ctrl-C it never sees. A handler set here is reset to the
+    default at exec, so the child starts as from a terminal.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.integration
 def test_ctrl_c_loses_nothing_and_the_rerun_completes(
-    gallery: httpx.Client, service: ApiProcess, lfw_dir: Path, tmp_path: Path
+    gallery: httpx.Client, service: ApiProcess, lfw_dir: Path, tmp_path: Path, ctrl_c_reaches_children: None
 ) -> None:
     root = tmp_path / "photos"
     sources = lfw_people(lfw_dir, 12, 2)
